@@ -1,0 +1,1 @@
+"""Homotopy backbones; each module registers its backbone in ``BACKBONES`` when imported."""

@@ -1,0 +1,206 @@
+"""The ``relaxbench`` command.
+
+Subcommands: ``ls`` (registered tasks, backbones, methods), ``run`` (one benchmark run), ``data``
+(generate a task's data set), and ``suite`` / ``report`` (grids of runs and their tables).
+Every user error prints one line naming the bad value and what is allowed, exits with status 2
+and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from benchmark.config import ConfigError, help_rows
+from benchmark.registry import BACKBONES, METHODS, TASKS
+
+__all__ = ["main", "UsageError"]
+
+EXIT_USAGE = 2
+EXIT_RUN_FAILED = 1
+
+
+class UsageError(Exception):
+    """A bad command line; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage dump
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _registry(kind: str):
+    regs = {"tasks": TASKS, "backbones": BACKBONES, "methods": METHODS}
+    if kind not in regs:
+        raise UsageError(f"relaxbench ls: unknown kind {kind!r}; allowed: tasks, backbones, methods")
+    return regs[kind]
+
+
+def cmd_ls(args) -> int:
+    kinds = [args.kind] if args.kind else ["tasks", "backbones", "methods"]
+    for kind in kinds:
+        reg = _registry(kind)
+        names = reg.list(args.pattern)
+        if len(kinds) > 1:
+            print(f"{kind}:")
+        for name in names:
+            entry = reg.get(name)
+            doc = (entry.obj.__doc__ or sys.modules[entry.obj.__module__].__doc__ or "").strip().splitlines()
+            first = doc[0] if doc else ""
+            print(f"{'  ' if len(kinds) > 1 else ''}{name:<16} {first}")
+            if args.verbose and entry.config is not None:
+                for key, default, text in help_rows(entry.default_config()):
+                    print(f"{'  ' if len(kinds) > 1 else ''}    {key}={default!r}  {text}")
+    return 0
+
+
+def _check_run_args(args) -> None:
+    for name in ("seed", "train_size", "epochs"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name == "seed" else 1):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}={value}: must be >= {0 if name == 'seed' else 1}")
+
+
+def cmd_run(args) -> int:
+    from benchmark.experiment import resolve
+    _check_run_args(args)
+    cfg = resolve(args.task, args.backbone, args.method, seed=args.seed, train_size=args.train_size,
+                  overrides=args.overrides, preset=args.preset, epochs=args.epochs)
+    results = Path(args.results)
+    if results.exists() and not results.is_dir():
+        raise ConfigError(f"--results={args.results}: exists and is not a folder")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    from benchmark.train import train
+    wandb_logger = None
+    if getattr(args, "wandb", False):
+        from benchmark.report.wandb_logger import WandbRunLogger  # optional extra
+        wandb_logger = WandbRunLogger(project=args.wandb_project)
+    record, path = train(cfg, results=results, resume=not args.no_resume, progress=not args.quiet,
+                         argv=["relaxbench"] + list(args.argv))
+    if wandb_logger is not None:
+        wandb_logger.log_record(record)
+    print(summary_line(record))
+    print(f"record: {path}")
+    return 0 if record["status"] == "completed" else EXIT_RUN_FAILED
+
+
+def summary_line(record: dict) -> str:
+    """``task/backbone/method n=.. seed=..: completed; projected test mse 0.0071 (best epoch ..)``."""
+    head = f"{record['task']}/{record['backbone']}/{record['method']} n={record['train_size']} seed={record['seed']}"
+    if record["status"] != "completed":
+        reason = (record.get("reason") or "").splitlines()[0]
+        return f"{head}: {record['status']} ({reason})"
+    metric = (record.get("metric") or {}).get("name", "metric")
+    parts = []
+    for name, var in record["variants"].items():
+        parts.append(f"{name} test {metric} {var['test_metric']:.6g} (val {var['val_metric']:.6g} at epoch "
+                     f"{var['best_epoch']}, equivariance rel {var['equivariance']['rel']:.2e})")
+    timing = record["timing"]
+    step = timing.get("median_step_seconds")
+    tail = f"; {timing['wall_seconds']:.0f}s wall" + (f", {1000 * step:.1f} ms/step" if step else "")
+    return f"{head}: completed; " + "; ".join(parts) + tail
+
+
+def cmd_data(args) -> int:
+    if args.task != "nbody":
+        raise UsageError(f"relaxbench data: unknown data set {args.task!r}; allowed: nbody")
+    from benchmark.tasks import nbody_sim
+    for flag in ("num_train", "num_valid", "num_test"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be >= 1")
+    if args.seed < 0:
+        raise ConfigError(f"--seed={args.seed}: must be >= 0")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out={args.out}: exists and is not a folder")
+    data = nbody_sim.generate(num_train=args.num_train, num_valid=args.num_valid, num_test=args.num_test,
+                              seed=args.seed, clip=args.clip, progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, arrays in data.items():
+        nbody_sim.save_split(out, split, arrays)
+        print(f"{out / (split + '.npz')}: " + ", ".join(f"{k} {v.dtype} {'x'.join(map(str, v.shape))}"
+                                                       for k, v in arrays.items()))
+    standard = (args.num_train, args.num_valid, args.num_test, args.seed, args.clip) == (10000, 2000, 2000, 43, "component")
+    if standard:
+        bad = nbody_sim.verify(data)
+        print("fingerprints: " + ("all match the original generator" if not bad else "MISMATCH " + ", ".join(map(str, bad))))
+        return 0 if not bad else EXIT_RUN_FAILED
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="relaxbench", description="Benchmark suite for relaxation methods of equivariant networks.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("ls", help="list registered tasks, backbones and methods")
+    p.add_argument("kind", nargs="?", choices=("tasks", "backbones", "methods"), help="what to list")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'ace-*'")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every config key with its default")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("run", help="train and evaluate one run, write its record")
+    p.add_argument("--task", required=True)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-size", type=int, default=None, help="training samples (default: the task's)")
+    p.add_argument("--epochs", type=int, default=None, help="shorthand for train.epochs=E")
+    p.add_argument("--preset", default=None, help="a named set of paper settings, e.g. 'ace'")
+    p.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)")
+    p.add_argument("--wandb-project", default="relaxbench")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-3")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("data", help="generate a task's data set to files")
+    p.add_argument("task", help="data set (nbody)")
+    p.add_argument("--out", default="nbody_data")
+    p.add_argument("--num-train", type=int, default=10000)
+    p.add_argument("--num-valid", type=int, default=2000)
+    p.add_argument("--num-test", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=43)
+    p.add_argument("--clip", choices=("component", "norm"), default="component")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_data)
+
+    for module in ("benchmark.suite.cli", "benchmark.report.cli"):
+        try:
+            mod = __import__(module, fromlist=["add_parser"])
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.argv = argv
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_USAGE
+        return args.func(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"relaxbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("relaxbench: interrupted; the last checkpoint is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

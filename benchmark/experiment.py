@@ -1,0 +1,170 @@
+"""One benchmark run's full configuration, resolved and validated before anything trains.
+
+Resolution order of the training schedule (later wins): :class:`~benchmark.config.TrainConfig`
+defaults < the task's ``train_defaults`` < the backbone's ``train_defaults[task]`` < a named preset
+< the user's ``key=value`` overrides. Override keys live in four namespaces, ``task.``, ``model.``,
+``method.`` and ``train.``; a bare key is accepted when exactly one namespace has it.
+
+Guarantee: :func:`resolve` either returns a :class:`RunConfig` whose every value is typed and in
+range, or raises :class:`~benchmark.config.ConfigError` with a one-line message naming the key, the
+value and what is allowed. Nothing is built or written before that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+
+from benchmark.config import (ConfigError, TrainConfig, apply_overrides, config_hash, parse_overrides,
+                              to_dict, validate)
+from benchmark.registry import BACKBONES, METHODS, TASKS, UnknownNameError
+
+__all__ = ["RunConfig", "resolve", "NAMESPACES"]
+
+NAMESPACES = ("task", "model", "method", "train")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Identity and every setting of one run."""
+
+    task: str
+    backbone: str
+    method: str
+    seed: int
+    train_size: int
+    task_cfg: Any
+    model_cfg: Any
+    method_cfg: Any
+    train: TrainConfig
+    preset: str | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        """The JSON-ready resolved configuration (what the hash is taken of)."""
+        task_cls = TASKS.get(self.task).obj
+        return {
+            "task": self.task, "task_version": getattr(task_cls, "version", "1"),
+            "backbone": self.backbone, "method": self.method,
+            "seed": self.seed, "train_size": self.train_size, "preset": self.preset,
+            "task_cfg": to_dict(self.task_cfg), "model_cfg": to_dict(self.model_cfg),
+            "method_cfg": to_dict(self.method_cfg), "train": to_dict(self.train),
+        }
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.resolved())
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task}/{self.backbone}/{self.method}/n{self.train_size}-seed{self.seed}-{self.hash}"
+
+    def namespace(self, name: str) -> Any:
+        return {"task": self.task_cfg, "model": self.model_cfg, "method": self.method_cfg,
+                "train": self.train}[name]
+
+
+def _lookup(registry, name: str, what: str):
+    try:
+        return registry.get(name)
+    except UnknownNameError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _empty():
+    return None
+
+
+def _split_namespaces(overrides: Mapping[str, Any], configs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {ns: {} for ns in NAMESPACES}
+    for key, value in overrides.items():
+        head, dot, rest = key.partition(".")
+        if dot and head in NAMESPACES:
+            if configs[head] is None:
+                raise ConfigError(f"unknown key {key!r}: this {head} has no settings")
+            out[head][rest] = value
+            continue
+        leaf = key.split(".", 1)[0]
+        owners = [ns for ns in NAMESPACES
+                  if configs[ns] is not None and leaf in {f.name for f in fields(configs[ns])}]
+        if len(owners) == 1:
+            out[owners[0]][key] = value
+        elif not owners:
+            allowed = sorted(f"{ns}.{f.name}" for ns in NAMESPACES if configs[ns] is not None
+                             for f in fields(configs[ns]))
+            raise ConfigError(f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+        else:
+            raise ConfigError(f"key {key!r} is ambiguous; write one of "
+                              + ", ".join(f"{ns}.{key}" for ns in owners))
+    return out
+
+
+def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size: int | None = None,
+            overrides: Mapping[str, Any] | Sequence[str] = (), preset: str | None = None,
+            epochs: int | None = None) -> RunConfig:
+    """Resolve and validate a run's configuration (see the module docstring)."""
+    task_entry = _lookup(TASKS, task, "task")
+    backbone_entry = _lookup(BACKBONES, backbone, "backbone")
+    method_entry = _lookup(METHODS, method, "method")
+    task_cls, model_cls, method_cls = task_entry.obj, backbone_entry.obj, method_entry.obj
+
+    supported = getattr(model_cls, "tasks", ("*",))
+    if "*" not in supported and task not in supported:
+        raise ConfigError(f"backbone {backbone!r} does not support task {task!r}; it supports: "
+                          + ", ".join(supported))
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r}: expected an integer >= 0")
+
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(list(overrides))
+    configs = {"task": task_entry.default_config(), "model": backbone_entry.default_config(),
+               "method": method_entry.default_config(), "train": TrainConfig()}
+    split = _split_namespaces(overrides, configs)
+
+    # schedule: defaults < task < backbone-for-task < preset < user
+    train_layers: list[Mapping[str, Any]] = [dict(getattr(task_cls, "train_defaults", {})),
+                                             dict(getattr(model_cls, "train_defaults", {}).get(task, {}))]
+    if preset is not None:
+        presets = {**getattr(task_cls, "presets", {}), **getattr(model_cls, "presets", {})}
+        if preset not in presets:
+            allowed = ", ".join(sorted(presets)) or "(none)"
+            raise ConfigError(f"preset={preset!r}: presets of {task}/{backbone} are {allowed}")
+        preset_split = _split_namespaces(presets[preset], configs)
+        for ns in ("task", "model", "method"):
+            split[ns] = {**preset_split[ns], **split[ns]}
+        train_layers.append(preset_split["train"])
+    train = configs["train"]
+    for layer in train_layers:
+        train = apply_overrides(train, layer, prefix="train.")
+    train = apply_overrides(train, split["train"], prefix="train.")
+    if epochs is not None:
+        train = apply_overrides(train, {"epochs": epochs}, prefix="train.")
+
+    cfgs = {}
+    for ns in ("task", "model", "method"):
+        cfg = configs[ns]
+        cfgs[ns] = apply_overrides(cfg, split[ns], prefix=f"{ns}.") if cfg is not None else None
+
+    # the strict method never builds branches: its network has no unconstrained part at all
+    if not getattr(method_cls, "uses_branch", True) and cfgs["model"] is not None \
+            and any(f.name == "branch" for f in fields(cfgs["model"])):
+        if split["model"].get("branch", "none") != "none":
+            raise ConfigError(f"model.branch={split['model']['branch']!r}: method {method!r} uses no branch")
+        cfgs["model"] = dataclasses.replace(cfgs["model"], branch="none")
+
+    for ns, cfg in (("task", cfgs["task"]), ("model", cfgs["model"]), ("method", cfgs["method"]),
+                    ("train", train)):
+        if cfg is not None:
+            validate(cfg, prefix=f"{ns}.")
+
+    if train_size is None:
+        train_size = getattr(task_cls, "default_train_size", 1000)
+    if isinstance(train_size, bool) or not isinstance(train_size, int):
+        raise ConfigError(f"train_size={train_size!r}: expected an integer")
+    limit = task_cls.max_train_size_for(cfgs["task"]) if hasattr(task_cls, "max_train_size_for") \
+        else getattr(task_cls, "max_train_size", 10**9)
+    if not 1 <= train_size <= limit:
+        raise ConfigError(f"train_size={train_size}: allowed 1..{limit} for task {task!r}")
+    return RunConfig(task=task, backbone=backbone, method=method, seed=seed, train_size=train_size,
+                     task_cfg=cfgs["task"], model_cfg=cfgs["model"], method_cfg=cfgs["method"],
+                     train=train, preset=preset)

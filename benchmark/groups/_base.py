@@ -1,0 +1,48 @@
+"""The group and representation protocols every task and relaxed layer speaks."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+class GroupElements(Protocol):
+    """A batch of ``n`` group elements (one per sample of a batch)."""
+
+    def __len__(self) -> int: ...
+
+    def to(self, dtype: torch.dtype) -> "GroupElements": ...
+
+
+class Group(Protocol):
+    """A symmetry group: sampling, and (for a continuous group) a Lie-algebra basis.
+
+    ``lie_dim`` is the number of Lie-algebra basis elements (0 for a finite group); generator ``k``
+    of the algebra is understood by every :class:`Rep` of the group through ``Rep.lie(k, z)``.
+    """
+
+    name: str
+    continuous: bool
+    lie_dim: int
+
+    def sample(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> GroupElements: ...
+
+    def identity(self, n: int, dtype: torch.dtype = torch.float32) -> GroupElements: ...
+
+
+@runtime_checkable
+class Rep(Protocol):
+    """How a group acts on a flat feature vector of size ``dim`` (the last axis of a tensor).
+
+    ``act(g, z)``: z has shape ``(n, ..., dim)`` with one group element per leading index.
+    ``lie(k, z)``: the infinitesimal action of Lie-algebra generator ``k`` on ``z``, i.e.
+    ``d/dt rho(exp(t A_k)) z`` at ``t = 0`` (affine parts, such as translations of positions,
+    included), for Lie derivatives of branches.
+    """
+
+    dim: int
+
+    def act(self, g: GroupElements, z: torch.Tensor) -> torch.Tensor: ...
+
+    def lie(self, k: int, z: torch.Tensor) -> torch.Tensor: ...

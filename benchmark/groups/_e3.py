@@ -1,0 +1,261 @@
+"""The Euclidean group E(3) (and its subgroups), sampled, acting on data and on layer features.
+
+Elements are stored as ``(R, t)`` with ``R`` orthogonal (``det R = +1`` or ``-1``) and ``t`` a
+translation; ``g . x = R x + t`` for positions, ``R v`` for vectors, ``det(R) R v`` for
+pseudovectors. The Lie algebra of E(3) has six generators: rotations about x, y, z (``k = 0, 1, 2``,
+``L_k v = e_k x v``) and translations along x, y, z (``k = 3, 4, 5``). Reflections form no part of the
+algebra (they are a separate component) and are covered by sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from e3nn import o3
+
+__all__ = ["E3Elements", "EuclideanGroup", "CartesianRep", "IrrepsRep", "so3_generators_cartesian"]
+
+
+def so3_generators_cartesian(dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The basis ``L_k`` (shape (3, 3, 3)) of so(3) in Cartesian x, y, z: ``L_k v = e_k x v``."""
+    L = torch.zeros(3, 3, 3, dtype=dtype)
+    for k, i, j in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+        L[k, i, j] = -1.0
+        L[k, j, i] = 1.0
+    return L
+
+
+@dataclass(frozen=True)
+class E3Elements:
+    """A batch of E(3) elements: ``rotation`` (n, 3, 3) orthogonal, ``translation`` (n, 3)."""
+
+    rotation: torch.Tensor
+    translation: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.rotation.shape[0]
+
+    def to(self, dtype: torch.dtype) -> "E3Elements":
+        return E3Elements(self.rotation.to(dtype), self.translation.to(dtype))
+
+    @property
+    def det(self) -> torch.Tensor:
+        """``det R`` per element, shape (n,)."""
+        return torch.linalg.det(self.rotation)
+
+    def __getitem__(self, idx) -> "E3Elements":
+        return E3Elements(self.rotation[idx], self.translation[idx])
+
+    def inverse(self) -> "E3Elements":
+        """``g^-1 = (R^T, -R^T t)``."""
+        Rt = self.rotation.transpose(-1, -2)
+        return E3Elements(Rt, -(Rt @ self.translation[..., None])[..., 0])
+
+
+class EuclideanGroup:
+    """E(3), or SE(3)/O(3)/SO(3) when reflections or translations are switched off.
+
+    Parameters
+    ----------
+    reflections : bool
+        Sample improper elements (``det R = -1``) with probability 1/2.
+    translations : bool
+        Sample translations ``t ~ N(0, translation_scale^2 I)``; otherwise ``t = 0``.
+    """
+
+    continuous = True
+
+    def __init__(self, reflections: bool = True, translations: bool = True, translation_scale: float = 1.0):
+        self.reflections = reflections
+        self.translations = translations
+        self.translation_scale = translation_scale
+        self.name = {(True, True): "E(3)", (False, True): "SE(3)", (True, False): "O(3)",
+                     (False, False): "SO(3)"}[(reflections, translations)]
+        self.lie_dim = 6 if translations else 3
+
+    def __repr__(self) -> str:
+        return f"EuclideanGroup({self.name})"
+
+    def sample(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> E3Elements:
+        """``n`` elements drawn from ``generator``: Haar-uniform rotations, random reflections
+        and Gaussian translations. Deterministic given the generator's state."""
+        q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+        q = q / q.norm(dim=-1, keepdim=True)
+        R = o3.quaternion_to_matrix(q)
+        if self.reflections:
+            flip = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
+            R = torch.where(flip[:, None, None], -R, R)
+        if self.translations:
+            t = self.translation_scale * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+        else:
+            t = torch.zeros(n, 3, dtype=torch.float64)
+        return E3Elements(R.to(dtype), t.to(dtype))
+
+    def identity(self, n: int, dtype: torch.dtype = torch.float32) -> E3Elements:
+        return E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), torch.zeros(n, 3, dtype=dtype))
+
+    def exp(self, k: int, t: torch.Tensor, n: int) -> E3Elements:
+        """``exp(t A_k)`` for generator ``k`` (0-2 rotations, 3-5 translations), repeated ``n``
+        times; differentiable in the scalar ``t`` (for Lie derivatives by ``torch.func.jvp``)."""
+        if not 0 <= k < self.lie_dim:
+            raise ValueError(f"{self.name} has Lie-algebra generators 0..{self.lie_dim - 1}, got {k}")
+        dtype = t.dtype
+        if k < 3:
+            R = torch.linalg.matrix_exp(t * so3_generators_cartesian(dtype)[k])
+            tr = torch.zeros(3, dtype=dtype) * t
+        else:
+            R = torch.eye(3, dtype=dtype) + 0 * t
+            tr = torch.eye(3, dtype=dtype)[k - 3] * t
+        return E3Elements(R.expand(n, 3, 3), tr.expand(n, 3))
+
+
+def _broadcast(mat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-element tensor (n, ...) to broadcast against z (n, ..., d)."""
+    extra = z.dim() - 1 - (mat.dim() - 1)
+    return mat.reshape(mat.shape[:1] + (1,) * max(extra, 0) + mat.shape[1:])
+
+
+_KINDS = {"scalar": 1, "pseudoscalar": 1, "vector": 3, "pseudovector": 3, "position": 3}
+
+
+class CartesianRep:
+    """A flat layout of named fields in Cartesian coordinates.
+
+    ``fields`` is a sequence of ``(kind, multiplicity)`` with kind one of ``scalar``,
+    ``pseudoscalar``, ``vector``, ``pseudovector`` and ``position`` (a vector that also
+    translates). The flat vector holds the fields in order, each vector as x, y, z.
+
+    Examples
+    --------
+    >>> rep = CartesianRep([("scalar", 4), ("position", 1), ("vector", 1)])
+    >>> rep.dim
+    10
+    """
+
+    def __init__(self, fields: Sequence[tuple[str, int]]):
+        self.fields = tuple((str(k), int(m)) for k, m in fields)
+        for kind, mult in self.fields:
+            if kind not in _KINDS:
+                raise ValueError(f"unknown field kind {kind!r}; allowed: {', '.join(_KINDS)}")
+            if mult < 0:
+                raise ValueError(f"multiplicity of {kind!r} must be >= 0, got {mult}")
+        self.dim = sum(_KINDS[k] * m for k, m in self.fields)
+
+    def __repr__(self) -> str:
+        return "CartesianRep(" + " + ".join(f"{m}x{k}" for k, m in self.fields) + ")"
+
+    def _split(self, z: torch.Tensor):
+        offset = 0
+        for kind, mult in self.fields:
+            size = _KINDS[kind] * mult
+            yield kind, mult, z[..., offset:offset + size]
+            offset += size
+
+    def act(self, g: E3Elements, z: torch.Tensor) -> torch.Tensor:
+        R = g.rotation.to(z.dtype)
+        det = torch.linalg.det(R)
+        t = g.translation.to(z.dtype)
+        parts = []
+        for kind, mult, part in self._split(z):
+            if kind == "scalar":
+                parts.append(part)
+                continue
+            if kind == "pseudoscalar":
+                parts.append(part * _broadcast(det, part)[..., None])
+                continue
+            vec = part.reshape(part.shape[:-1] + (mult, 3))
+            Rb = _broadcast(R, vec[..., 0, :])  # (n, 1.., 3, 3)
+            out = torch.einsum("...ij,...mj->...mi", Rb, vec)
+            if kind == "pseudovector":
+                out = out * _broadcast(det, vec[..., 0, 0])[..., None, None]
+            if kind == "position":
+                out = out + _broadcast(t, vec[..., 0, :])[..., None, :]
+            parts.append(out.reshape(part.shape))
+        return torch.cat(parts, dim=-1)
+
+    def lie(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        if not 0 <= k < 6:
+            raise ValueError(f"E(3) has Lie-algebra generators 0..5, got {k}")
+        parts = []
+        for kind, mult, part in self._split(z):
+            if kind in ("scalar", "pseudoscalar"):
+                parts.append(torch.zeros_like(part))
+                continue
+            vec = part.reshape(part.shape[:-1] + (mult, 3))
+            if k < 3:
+                L = so3_generators_cartesian(z.dtype).to(z.device)[k]
+                out = vec @ L.T
+            elif kind == "position":
+                out = torch.zeros_like(vec)
+                out[..., k - 3] = 1.0
+            else:
+                out = torch.zeros_like(vec)
+            parts.append(out.reshape(part.shape))
+        return torch.cat(parts, dim=-1)
+
+
+class IrrepsRep:
+    """An e3nn :class:`~e3nn.o3.Irreps` layout (e3nn's basis order), optionally with positions.
+
+    ``positions`` lists indices of ``1o`` entries (in ``irreps`` order, multiplicity one) that
+    are absolute positions and therefore also translate. Rotations act through
+    ``Irreps.D_from_matrix`` (parity included); generator ``k < 3`` acts through e3nn's
+    ``so3_generators``, which match :func:`so3_generators_cartesian` rotation for rotation.
+    """
+
+    def __init__(self, irreps, positions: Sequence[int] = ()):
+        self.irreps = o3.Irreps(irreps)
+        self.dim = self.irreps.dim
+        self.positions = tuple(positions)
+        slices = self.irreps.slices()
+        self._position_slices = []
+        for idx in self.positions:
+            mul, ir = self.irreps[idx]
+            if (ir.l, ir.p) != (1, -1) or mul != 1:
+                raise ValueError(f"position entry {idx} of {self.irreps} must be 1x1o, got {mul}x{ir}")
+            self._position_slices.append(slices[idx])
+        self._cache: dict = {}
+
+    def __repr__(self) -> str:
+        return f"IrrepsRep({self.irreps}, positions={self.positions})"
+
+    def _translation_matrix(self, dtype, device) -> torch.Tensor:
+        # maps a Cartesian translation t (x, y, z) to the flat vector (e3nn order y, z, x)
+        T = torch.zeros(3, self.dim, dtype=dtype, device=device)
+        for sl in self._position_slices:
+            for cart, e3 in ((0, 2), (1, 0), (2, 1)):
+                T[cart, sl.start + e3] = 1.0
+        return T
+
+    def act(self, g: E3Elements, z: torch.Tensor) -> torch.Tensor:
+        R = g.rotation.to(z.dtype)
+        D = self.irreps.D_from_matrix(R)  # (n, dim, dim)
+        out = torch.einsum("...ij,...j->...i", _broadcast(D, z[..., 0]), z)
+        if self._position_slices:
+            shift = g.translation.to(z.dtype) @ self._translation_matrix(z.dtype, z.device)
+            out = out + _broadcast(shift, z)
+        return out
+
+    def _generator(self, k: int, dtype, device) -> torch.Tensor:
+        key = (k, dtype, device)
+        if key not in self._cache:
+            blocks = []
+            for mul, ir in self.irreps:
+                X = o3.so3_generators(ir.l).to(dtype=dtype, device=device)[k]
+                blocks.extend([X] * mul)
+            self._cache[key] = torch.block_diag(*blocks) if blocks else torch.zeros(0, 0, dtype=dtype)
+        return self._cache[key]
+
+    def lie(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        if not 0 <= k < 6:
+            raise ValueError(f"E(3) has Lie-algebra generators 0..5, got {k}")
+        if k < 3:
+            return z @ self._generator(k, z.dtype, z.device).T
+        out = torch.zeros_like(z)
+        if self._position_slices:
+            t = torch.zeros(3, dtype=z.dtype, device=z.device)
+            t[k - 3] = 1.0
+            out = out + t @ self._translation_matrix(z.dtype, z.device)
+        return out

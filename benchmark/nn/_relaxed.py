@@ -1,0 +1,184 @@
+"""The one relaxed-layer type, ``f(x) = f_eq(x) + gamma * f_neq(x)``, and the homotopy model API.
+
+A backbone computes its exactly equivariant update ``f_eq`` itself and hands the result, with
+the branch's input, to a :class:`RelaxedLayer`, which adds ``gamma * f_neq(branch_input)``.
+Everything a relaxation method needs (the gammas, the branches, the representations of each
+branch's input and output, the branch's last input) lives on the relaxed layer, so methods never
+need to know which backbone they train.
+
+Guarantees
+----------
+* With ``gamma == 0``, or inside :meth:`HomotopyModel.projected`, a relaxed layer returns
+  ``f_eq(x)`` exactly (the branch is not evaluated), so an equivariant backbone is exactly
+  equivariant.
+* A layer built without a branch (``branch="none"``) is the strict equivariant layer: it has no
+  gamma-dependent parameters and never evaluates anything but ``f_eq``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from benchmark.groups import Rep
+
+__all__ = ["RelaxedLayer", "HomotopyModel", "make_branch", "BRANCH_KINDS"]
+
+BRANCH_KINDS = ("mlp", "linear", "none")
+
+
+def make_branch(kind: str, dim_in: int, dim_out: int, hidden: int, *, layers: int = 2,
+                act: Callable[[], nn.Module] = nn.SiLU) -> nn.Module | None:
+    """The unconstrained branch ``f_neq``.
+
+    ``mlp``: ``layers`` linear maps with ``act`` between (the common branch every method is
+    compared on); ``linear``: one bias-free linear map initialised N(0, 1e-4^2), the layer of
+    Pertigkiozoglou et al. (2024); ``none``: no branch (strict equivariance).
+    """
+    if kind == "none":
+        return None
+    if kind == "linear":
+        lin = nn.Linear(dim_in, dim_out, bias=False)
+        nn.init.normal_(lin.weight, std=1e-4)
+        return lin
+    if kind == "mlp":
+        if layers < 1:
+            raise ValueError(f"an mlp branch needs at least 1 layer, got {layers}")
+        dims = [dim_in] + [hidden] * (layers - 1) + [dim_out]
+        mods: list[nn.Module] = []
+        for i in range(layers):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < layers - 1:
+                mods.append(act())
+        return nn.Sequential(*mods)
+    raise ValueError(f"unknown branch kind {kind!r}; allowed: {', '.join(BRANCH_KINDS)}")
+
+
+class RelaxedLayer(nn.Module):
+    """``eq_out + gamma * branch(branch_input)`` with its gamma slot and representations.
+
+    Parameters
+    ----------
+    branch : nn.Module or None
+        ``f_neq``: maps ``(..., rep_in.dim)`` to ``(..., rep_out.dim)``. ``None`` = strict layer.
+    rep_in, rep_out : Rep
+        How the group acts on the branch's input and output (for Lie derivatives and
+        layer-wise equivariance defects).
+    name : str
+        A readable name (``"layer0"``, ``"layer2.update1"``) used in diagnostics.
+    """
+
+    def __init__(self, branch: nn.Module | None, rep_in: Rep, rep_out: Rep, name: str):
+        super().__init__()
+        self.branch = branch
+        self.rep_in = rep_in
+        self.rep_out = rep_out
+        self.layer_name = name
+        # gamma is a parameter so methods can make it learnable; it starts frozen at 1.
+        # A strict layer (no branch) has no gamma at all.
+        self.gamma = nn.Parameter(torch.ones(()), requires_grad=False) if branch is not None else None
+        self.project = False
+        self.record_input = False
+        self.last_input: torch.Tensor | None = None
+
+    @property
+    def has_branch(self) -> bool:
+        return self.branch is not None
+
+    def branch_output(self, branch_input: torch.Tensor) -> torch.Tensor:
+        """``f_neq(branch_input)`` (without gamma)."""
+        if self.branch is None:
+            raise RuntimeError(f"relaxed layer {self.layer_name} has no branch (strict model)")
+        return self.branch(branch_input)
+
+    def forward(self, eq_out: torch.Tensor, branch_input: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``eq_out + gamma * f_neq(branch_input)``; ``branch_input`` may be a thunk, built only
+        when the branch runs."""
+        if self.branch is None or self.project:
+            return eq_out
+        x = branch_input() if callable(branch_input) else branch_input
+        if self.record_input:
+            self.last_input = x.detach()
+        return eq_out + self.gamma.to(eq_out.dtype) * self.branch(x).reshape(eq_out.shape)
+
+
+class HomotopyModel(nn.Module):
+    """Base class of every backbone: the gamma and projection API on top of its relaxed layers."""
+
+    def relaxed_layers(self) -> list[RelaxedLayer]:
+        """The relaxed layers in forward order (only those with a branch)."""
+        return [m for m in self.modules() if isinstance(m, RelaxedLayer) and m.has_branch]
+
+    @property
+    def num_gammas(self) -> int:
+        return len(self.relaxed_layers())
+
+    def gammas(self) -> torch.Tensor:
+        """The gammas as one differentiable vector, in layer order (empty for a strict model)."""
+        layers = self.relaxed_layers()
+        if not layers:
+            return torch.zeros(0)
+        return torch.stack([layer.gamma for layer in layers])
+
+    def gamma_parameters(self) -> list[nn.Parameter]:
+        return [layer.gamma for layer in self.relaxed_layers()]
+
+    def branch_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the unconstrained branches (not the gammas)."""
+        return [p for layer in self.relaxed_layers() for p in layer.branch.parameters()]
+
+    def equivariant_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is neither a gamma nor a branch parameter."""
+        skip = {id(p) for p in self.branch_parameters()} | {id(p) for p in self.gamma_parameters()}
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    @torch.no_grad()
+    def set_gammas(self, value: float | torch.Tensor, learnable: bool | None = None) -> None:
+        """Set every gamma to ``value`` (scalar or one per layer); optionally (un)freeze them."""
+        layers = self.relaxed_layers()
+        values = torch.as_tensor(value, dtype=torch.float64)
+        if values.dim() == 0:
+            values = values.expand(len(layers))
+        if values.numel() != len(layers):
+            raise ValueError(f"expected {len(layers)} gammas, got {values.numel()}")
+        for layer, v in zip(layers, values):
+            layer.gamma.fill_(float(v))
+            if learnable is not None:
+                layer.gamma.requires_grad_(learnable)
+
+    def make_gammas_learnable(self, init: float = 1.0) -> None:
+        self.set_gammas(init, learnable=True)
+
+    @contextlib.contextmanager
+    def projected(self, enabled: bool = True) -> Iterator["HomotopyModel"]:
+        """Evaluate the projected model (every gamma taken as 0; branches never run)."""
+        layers = [m for m in self.modules() if isinstance(m, RelaxedLayer)]
+        previous = [layer.project for layer in layers]
+        try:
+            for layer in layers:
+                layer.project = enabled or layer.project
+            yield self
+        finally:
+            for layer, p in zip(layers, previous):
+                layer.project = p
+
+    @contextlib.contextmanager
+    def recording_branch_inputs(self) -> Iterator[list[RelaxedLayer]]:
+        """Within the context each relaxed layer keeps its last branch input (detached)."""
+        layers = self.relaxed_layers()
+        try:
+            for layer in layers:
+                layer.record_input = True
+                layer.last_input = None
+            yield layers
+        finally:
+            for layer in layers:
+                layer.record_input = False
+
+    def num_parameters(self) -> int:
+        """Parameter count (gammas excluded: they are the relaxation's, not the network's)."""
+        gam = {id(p) for p in self.gamma_parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in gam)

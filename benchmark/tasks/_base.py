@@ -1,0 +1,159 @@
+"""What a task is: data splits, its symmetry group and action, its loss and its metric.
+
+A task owns its metric (name, direction, scale) and its group action, so the train loop,
+the equivariance measurement and the methods work on every task alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator, Mapping
+
+import torch
+
+from benchmark.groups import Group, GroupElements
+
+__all__ = ["Task", "GeometricBatch", "SPLITS"]
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class GeometricBatch:
+    """A batch of point sets: ``B`` samples of ``N`` nodes in 3-D, as dense tensors.
+
+    Attributes
+    ----------
+    pos, vel : (B, N, 3)
+        Positions and velocities (vectors; positions also translate).
+    edge_attr : (B, N, N, E)
+        Invariant edge attributes (e.g. the product of charges).
+    target : (B, N, 3)
+        Target positions.
+    edge_mask : (B, N, N) or None
+        1 where an edge exists; ``None`` means fully connected without self loops.
+    node_attr : (B, N, F) or None
+        Invariant node attributes, if the task has any.
+    """
+
+    pos: torch.Tensor
+    vel: torch.Tensor
+    edge_attr: torch.Tensor
+    target: torch.Tensor
+    edge_mask: torch.Tensor | None = None
+    node_attr: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.pos.shape[0]
+
+    def replace(self, **changes: Any) -> "GeometricBatch":
+        return dataclasses.replace(self, **changes)
+
+    def index(self, idx: torch.Tensor | slice) -> "GeometricBatch":
+        return GeometricBatch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
+                                 for f in dataclasses.fields(self)})
+
+    def to(self, dtype: torch.dtype) -> "GeometricBatch":
+        def conv(t):
+            return None if t is None else (t.to(dtype) if t.is_floating_point() else t)
+        return GeometricBatch(**{f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def permute_nodes(self, perm: torch.Tensor) -> "GeometricBatch":
+        """The same batch with nodes relabelled by ``perm`` (shape (N,))."""
+        def node(t):
+            return None if t is None else t[:, perm]
+
+        def edge(t):
+            return None if t is None else t[:, perm][:, :, perm]
+        return GeometricBatch(pos=node(self.pos), vel=node(self.vel), edge_attr=edge(self.edge_attr),
+                              target=node(self.target), edge_mask=edge(self.edge_mask),
+                              node_attr=node(self.node_attr))
+
+
+class Task:
+    """Base class of every task. Subclasses register with ``@TASKS.register(name, config=...)``.
+
+    A task is built for one configuration, training-set size and dtype; it holds its splits in
+    memory and yields batches. Class attributes describe the protocol:
+
+    ``version``: bumped whenever the data or the metric changes (it enters the config hash).
+    ``metric`` / ``higher_is_better`` / ``metric_scale``: the task's metric, its direction and the
+    factor it is reported with (e.g. 1e-2 for "MSE x 1e-2").
+    ``train_defaults``: the primal schedule of the task (``TrainConfig`` keys).
+    ``train_sizes``: the default grid of training-set sizes for sample-efficiency curves.
+    ``presets``: named override sets reproducing a paper's primal settings.
+    """
+
+    registry_name: ClassVar[str] = "?"
+    version: ClassVar[str] = "1"
+    metric: ClassVar[str] = "mse"
+    higher_is_better: ClassVar[bool] = False
+    metric_scale: ClassVar[float] = 1.0
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
+    train_sizes: ClassVar[tuple[int, ...]] = ()
+    default_train_size: ClassVar[int] = 1000
+    max_train_size: ClassVar[int] = 10**9
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    group: Group
+
+    def __init__(self, cfg: Any, *, train_size: int, dtype: torch.dtype = torch.float32):
+        self.cfg = cfg
+        self.train_size = train_size
+        self.dtype = dtype
+
+    @property
+    def name(self) -> str:
+        return type(self).registry_name
+
+    @classmethod
+    def max_train_size_for(cls, cfg: Any) -> int:
+        """The largest training-set size the task offers under ``cfg``."""
+        return cls.max_train_size
+
+    # -- data -------------------------------------------------------------------------------------
+    def split(self, split: str) -> Any:
+        """The whole split as one batch object (held in memory)."""
+        raise NotImplementedError
+
+    def split_size(self, split: str) -> int:
+        return len(self.split(split))
+
+    def batches(self, split: str, batch_size: int, *, shuffle: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Any]:
+        """Batches of ``split``; with ``shuffle`` the order is drawn from ``generator`` only."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+        data = self.split(split)
+        n = len(data)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            yield data.index(idx) if shuffle else data.index(slice(start, start + batch_size))
+
+    # -- symmetry ---------------------------------------------------------------------------------
+    def group_sample(self, n: int, generator: torch.Generator) -> GroupElements:
+        return self.group.sample(n, generator, dtype=self.dtype)
+
+    def act_input(self, g: GroupElements, batch: Any) -> Any:
+        raise NotImplementedError
+
+    def act_output(self, g: GroupElements, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- objective --------------------------------------------------------------------------------
+    def loss(self, pred: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The training loss on a minibatch (a mean)."""
+        raise NotImplementedError
+
+    def metric_per_sample(self, pred: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The task metric of each sample, shape (B,); the split's metric is their mean."""
+        raise NotImplementedError
+
+    def output_error(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-sample norm of the difference of two outputs, shape (B,) (for equivariance errors)."""
+        return (a - b).flatten(1).norm(dim=1)
+
+    def output_norm(self, a: torch.Tensor) -> torch.Tensor:
+        return a.flatten(1).norm(dim=1)

@@ -1,0 +1,312 @@
+"""The one train loop: every task, backbone and method.
+
+Guarantees
+----------
+* Deterministic under a seed on CPU: the data order of epoch ``e`` is drawn from a generator
+  seeded by ``(seed, e)``, model initialisation from ``seed``, and evaluation's group elements from
+  a fixed generator, so the same configuration gives the same numbers.
+* Resumable: a checkpoint (model, optimiser, method state, RNG states, curves, best states) is
+  written at every evaluation; a run restarted from it produces the same record as a run that was
+  never interrupted (timings aside).
+* Model selection is per evaluation variant: each variant's best validation epoch is chosen on its
+  own, and its test metric is measured on the weights of that epoch.
+* A run whose loss becomes non-finite or exceeds ``train.divergence_threshold`` ends with status
+  ``diverged``; an exception ends it with ``failed``; either way a record is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from benchmark.evaluate import evaluate_variant, truncation_error
+from benchmark.experiment import RunConfig
+from benchmark.method import EpochContext, Method, StepContext
+from benchmark.record import (SCHEMA_VERSION, checkpoint_path, provenance, record_path, write_record)
+from benchmark.registry import BACKBONES, METHODS, TASKS
+
+__all__ = ["build", "train", "RunInterrupted", "Built"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class RunInterrupted(Exception):
+    """Raised by a callback to stop a run after a checkpoint (used by tests and suites)."""
+
+
+@dataclass
+class Built:
+    """The objects of one run."""
+
+    cfg: RunConfig
+    task: Any
+    model: Any
+    method: Method
+    optimizer: torch.optim.Optimizer
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1_000_003 * seed + epoch)
+
+
+def make_optimizer(groups: list[dict], train_cfg) -> torch.optim.Optimizer:
+    groups = [g for g in groups if g["params"]]
+    if train_cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    if train_cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+
+def build(cfg: RunConfig, *, progress: bool = False) -> Built:
+    """Build task, model, method and optimiser of ``cfg`` (seeded, in that order)."""
+    dtype = DTYPES[cfg.train.dtype]
+    task_cls = TASKS.get(cfg.task).obj
+    kwargs = {"progress": progress} if "progress" in task_cls.__init__.__code__.co_varnames else {}
+    task = task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=dtype, **kwargs)
+    _seed_all(cfg.seed)
+    model = BACKBONES.get(cfg.backbone).obj(cfg.model_cfg, task).to(dtype)
+    method = METHODS.get(cfg.method).obj(cfg.method_cfg)
+    method.attach(model, task, cfg.train)
+    optimizer = make_optimizer(method.param_groups(model, cfg.train), cfg.train)
+    return Built(cfg, task, model, method, optimizer)
+
+
+@dataclass
+class _State:
+    epoch: int = 0                      # epochs completed
+    step: int = 0
+    curves: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)          # variant -> best summary
+    best_states: dict = field(default_factory=dict)   # variant -> model state dict
+    step_times: list = field(default_factory=list)
+    wall: float = 0.0
+
+
+def _model_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _save_checkpoint(path: Path, built: Built, state: _State) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config_hash": built.cfg.hash,
+        "model": built.model.state_dict(),
+        "optimizer": built.optimizer.state_dict(),
+        "method": built.method.state_dict(),
+        "state": {"epoch": state.epoch, "step": state.step, "curves": state.curves, "best": state.best,
+                  "best_states": state.best_states, "step_times": state.step_times[-5000:], "wall": state.wall},
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, built: Built) -> _State | None:
+    if not path.exists():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("config_hash") != built.cfg.hash:
+        return None
+    built.model.load_state_dict(payload["model"])
+    built.optimizer.load_state_dict(payload["optimizer"])
+    built.method.load_state_dict(payload["method"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    np.random.set_state(payload["rng"]["numpy"])
+    random.setstate(payload["rng"]["python"])
+    s = payload["state"]
+    return _State(epoch=s["epoch"], step=s["step"], curves=s["curves"], best=s["best"],
+                  best_states=s["best_states"], step_times=list(s["step_times"]), wall=s["wall"])
+
+
+def _better(a: float, b: float | None, higher: bool) -> bool:
+    if b is None:
+        return True
+    return a > b if higher else a < b
+
+
+def _evaluate(built: Built, state: _State, train_loss: float) -> dict:
+    cfg, task, model, method = built.cfg, built.task, built.model, built.method
+    tc = cfg.train
+    row: dict[str, Any] = {"epoch": state.epoch, "train_loss": train_loss}
+    preds = {}
+    for variant in method.variants:
+        out = evaluate_variant(model, task, "valid", variant, batch_size=tc.eval_batch_size,
+                               equivariance_samples=tc.equivariance_samples, seed=cfg.seed)
+        preds[variant] = out["pred"]
+        row[variant] = {"val_metric": out["metric"], "equivariance": out["equivariance"]}
+        summary = state.best.get(variant)
+        if _better(out["metric"], None if summary is None else summary["val_metric"], task.higher_is_better):
+            state.best[variant] = {"best_epoch": state.epoch, "val_metric": out["metric"],
+                                   "equivariance": out["equivariance"]}
+            state.best_states[variant] = _model_state(model)
+    if model.relaxed_layers():
+        gam = model.gammas().detach()
+        row["gamma"] = gam.tolist()
+        row["gamma_bar"] = gam.abs().max().item() if gam.numel() else 0.0
+        data = task.split("valid")
+        relaxed = preds.get("relaxed")
+        projected = preds.get("projected")
+        row["truncation_error"] = truncation_error(model, data, tc.eval_batch_size, relaxed=relaxed,
+                                                   projected=projected)
+    for key, value in method.diagnostics().items():
+        row[key] = value
+    return row
+
+
+def _finish_variants(built: Built, state: _State) -> dict:
+    """Test metric of each variant at its best validation epoch."""
+    model = built.model
+    current = _model_state(model)
+    variants = {}
+    try:
+        for variant in built.method.variants:
+            if variant not in state.best:
+                continue
+            model.load_state_dict(state.best_states[variant])
+            test = evaluate_variant(model, built.task, "test", variant, batch_size=built.cfg.train.eval_batch_size,
+                                    with_equivariance=False)
+            variants[variant] = {**state.best[variant], "test_metric": test["metric"]}
+    finally:
+        model.load_state_dict(current)
+    return variants
+
+
+def _diagnostics(built: Built) -> dict:
+    model = built.model
+    diag: dict[str, Any] = {}
+    if model.relaxed_layers():
+        gam = model.gammas().detach()
+        diag["layers"] = [layer.layer_name for layer in model.relaxed_layers()]
+        diag["gamma"] = gam.tolist()
+        diag["gamma_bar"] = gam.abs().max().item()
+    diag.update(built.method.diagnostics())
+    return diag
+
+
+def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = True, progress: bool = True,
+          on_evaluation: Callable[[int, dict], None] | None = None, keep_checkpoint: bool = False,
+          argv: list[str] | None = None) -> tuple[dict, Path]:
+    """Train and evaluate one run; write and return its record and the record's path.
+
+    ``on_evaluation(epoch, row)`` is called after each evaluation's checkpoint; raising
+    :class:`RunInterrupted` from it stops the run there (the checkpoint stays for a resume).
+    """
+    results = Path(results)
+    rec_path = record_path(results, cfg)
+    ckpt = checkpoint_path(results, cfg)
+    started = time.perf_counter()
+    state = _State()
+    status, reason = "completed", None
+    built: Built | None = None
+    try:
+        built = build(cfg, progress=progress)
+        if resume:
+            state = _load_checkpoint(ckpt, built) or state
+        status, reason = _loop(built, state, ckpt, progress, on_evaluation, started)
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a failed run still leaves a record that says why
+        status = "failed"
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        reason += "\n" + "".join(traceback.format_exception(exc)[-3:])
+    wall = state.wall + (time.perf_counter() - started) if status != "completed" else state.wall
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "task": cfg.task, "backbone": cfg.backbone, "method": cfg.method,
+        "seed": cfg.seed, "train_size": cfg.train_size,
+        "status": status, "reason": reason,
+        "config": {"hash": cfg.hash, "resolved": cfg.resolved()},
+        "variants": _finish_variants(built, state) if built is not None and state.best else {},
+        "headline": built.method.variants[0] if built is not None else None,
+        "metric": {"name": built.task.metric, "higher_is_better": built.task.higher_is_better,
+                   "scale": built.task.metric_scale} if built is not None else None,
+        "curves": state.curves,
+        "diagnostics": _diagnostics(built) if built is not None else {},
+        "params": built.model.num_parameters() if built is not None else 0,
+        "timing": {"wall_seconds": wall, "train_seconds": sum(state.step_times),
+                   "median_step_seconds": statistics.median(state.step_times) if state.step_times else None,
+                   "epochs": state.epoch, "steps": state.step},
+        "provenance": provenance(argv),
+    }
+    write_record(rec_path, record)
+    if status == "completed" and not keep_checkpoint and ckpt.exists():
+        ckpt.unlink()
+    return record, rec_path
+
+
+def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation, started: float):
+    cfg, task, model, method, opt = built.cfg, built.task, built.model, built.method, built.optimizer
+    tc = cfg.train
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=tc.epochs, initial=state.epoch, desc=f"{cfg.method} {cfg.backbone}/{cfg.task}",
+                   unit="ep", dynamic_ncols=True, leave=False)
+    wall_at_start = state.wall
+    try:
+        model.train()
+        while state.epoch < tc.epochs:
+            epoch = state.epoch
+            method.before_epoch(EpochContext(model, task, epoch, tc.epochs, tc))
+            losses = []
+            for batch in task.batches("train", tc.batch_size, shuffle=True,
+                                      generator=_epoch_generator(cfg.seed, epoch)):
+                t0 = time.perf_counter()
+                gammas = model.gammas()
+                ctx = StepContext(model=model, task=task, batch=batch, pred=None, task_loss=None,  # type: ignore[arg-type]
+                                  gammas=gammas, gammas_before=gammas.detach().clone(), epoch=epoch,
+                                  step=state.step, num_epochs=tc.epochs, train_cfg=tc, forward=model)
+                ctx.pred = model(batch)
+                ctx.task_loss = task.loss(ctx.pred, batch)
+                total = method.loss(ctx)
+                value = total.item()
+                if not np.isfinite(value) or value > tc.divergence_threshold:
+                    return "diverged", f"training loss {value} at epoch {epoch}, step {state.step}"
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if tc.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], tc.grad_clip)
+                opt.step()
+                method.after_step(ctx)
+                state.step += 1
+                state.step_times.append(time.perf_counter() - t0)
+                losses.append(ctx.task_loss.item())
+            method.after_epoch(EpochContext(model, task, epoch, tc.epochs, tc))
+            state.epoch += 1
+            train_loss = float(np.mean(losses)) if losses else float("nan")
+            if state.epoch % tc.eval_every == 0 or state.epoch == tc.epochs:
+                row = _evaluate(built, state, train_loss)
+                state.curves.append(row)
+                state.wall = wall_at_start + (time.perf_counter() - started)
+                _save_checkpoint(ckpt, built, state)
+                if bar is not None:
+                    head = method.variants[0]
+                    bar.set_postfix(loss=f"{train_loss:.3g}", val=f"{row[head]['val_metric']:.3g}")
+                if on_evaluation is not None:
+                    on_evaluation(state.epoch, row)
+            if bar is not None:
+                bar.update(1)
+        state.wall = wall_at_start + (time.perf_counter() - started)
+        return "completed", None
+    finally:
+        if bar is not None:
+            bar.close()

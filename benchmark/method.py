@@ -84,6 +84,9 @@ class Method:
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg
+        #: The run's seed, set by the harness before :meth:`attach`; a method that draws random
+        #: numbers seeds its own ``torch.Generator`` from it (and saves the generator's state).
+        self.seed: int = 0
 
     @property
     def name(self) -> str:

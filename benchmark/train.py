@@ -66,10 +66,11 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def make_optimizer(groups: list[dict], train_cfg) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
+    # foreach: one kernel per parameter group instead of one per tensor (same arithmetic)
     if train_cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
     if train_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
     return torch.optim.SGD(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
@@ -82,6 +83,7 @@ def build(cfg: RunConfig, *, progress: bool = False) -> Built:
     _seed_all(cfg.seed)
     model = BACKBONES.get(cfg.backbone).obj(cfg.model_cfg, task).to(dtype)
     method = METHODS.get(cfg.method).obj(cfg.method_cfg)
+    method.seed = cfg.seed
     method.attach(model, task, cfg.train)
     optimizer = make_optimizer(method.param_groups(model, cfg.train), cfg.train)
     return Built(cfg, task, model, method, optimizer)

@@ -1,7 +1,7 @@
 """Backbone ``egnn``: E(n)-equivariant GNN with velocities (Satorras et al., 2021), relaxed per layer.
 
-Dense batched form for small graphs: node tensors (B, N, H), edge tensors (B, N, N, .), a mask for
-missing edges and self loops. Layer ``i`` (the EGNN velocity layer):
+Dense batched form for small graphs: node tensors (B, N, H), edge tensors over fixed-size
+neighbour lists (B, N, K, .) (K = N - 1 for a fully connected graph, so no self loops are computed). Layer ``i`` (the EGNN velocity layer):
 
     r_ij = x_i - x_j,  d_ij = |r_ij|^2
     m_ij = phi_e([h_i, h_j, d_ij, a_ij])                       (Linear-SiLU-Linear-SiLU)
@@ -43,13 +43,28 @@ class EGNNConfig:
     coord_clamp: float = param(100.0, help="clamp of each coordinate message", gt=0)
 
 
-def _neighbour_mask(batch: GeometricBatch) -> torch.Tensor:
+def neighbour_lists(batch: GeometricBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded neighbour lists ``nbr`` (N, K) and their mask (B, N, K, 1).
+
+    Fully connected graphs (``edge_mask`` None) list the ``K = N - 1`` other nodes of each node, so
+    no work is spent on self loops; a given ``edge_mask`` is padded to its largest degree.
+    """
     B, N, _ = batch.pos.shape
-    if batch.edge_mask is not None:
-        mask = batch.edge_mask.to(batch.pos.dtype)
-    else:
-        mask = (1.0 - torch.eye(N, dtype=batch.pos.dtype, device=batch.pos.device)).expand(B, N, N)
-    return mask[..., None]  # (B, N, N, 1)
+    device, dtype = batch.pos.device, batch.pos.dtype
+    if batch.edge_mask is None:
+        idx = torch.arange(N, device=device)
+        nbr = torch.stack([torch.cat([idx[:i], idx[i + 1:]]) for i in range(N)]) if N > 1 \
+            else torch.zeros(N, 0, dtype=torch.long, device=device)
+        return nbr, torch.ones(1, N, nbr.shape[1], 1, dtype=dtype, device=device)
+    any_edge = batch.edge_mask.bool().any(0)                       # (N, N) union over the batch
+    K = int(any_edge.sum(1).max().item()) if N else 0
+    nbr = torch.zeros(N, K, dtype=torch.long, device=device)
+    for i in range(N):
+        js = torch.nonzero(any_edge[i]).flatten()
+        nbr[i, :len(js)] = js
+    valid = torch.arange(K, device=device)[None, :] < any_edge.sum(1)[:, None]   # (N, K)
+    mask = batch.edge_mask.to(dtype)[:, torch.arange(N, device=device)[:, None], nbr] * valid
+    return nbr, mask[..., None]
 
 
 class EGNNLayer(nn.Module):
@@ -71,16 +86,17 @@ class EGNNLayer(nn.Module):
         branch = make_branch(cfg.branch, rep_in.dim, rep_out.dim, cfg.branch_hidden, layers=cfg.branch_layers)
         self.relax = RelaxedLayer(branch, rep_in, rep_out, name)
 
-    def forward(self, h, x, vel, edge_attr, mask, inv_deg):
+    def forward(self, h, x, vel, edge_attr, nbr, mask, inv_deg):
+        """h (B, N, H), x and vel (B, N, 3), edge_attr (B, N, K, E) over neighbour lists nbr (N, K)."""
         H = self.hidden
-        r = x[:, :, None, :] - x[:, None, :, :]                     # (B, N, N, 3)
-        d = (r * r).sum(-1, keepdim=True)                           # (B, N, N, 1)
+        r = x[:, :, None, :] - x[:, nbr]                            # (B, N, K, 3): x_i - x_j
+        d = (r * r).sum(-1, keepdim=True)                           # (B, N, K, 1)
         # first edge linear map applied to [h_i, h_j, d, a] without materialising the concat
         lin = self.edge_mlp[0]
         W = lin.weight
-        pre = (h @ W[:, :H].T)[:, :, None, :] + (h @ W[:, H:2 * H].T)[:, None, :, :]
+        pre = (h @ W[:, :H].T)[:, :, None, :] + (h @ W[:, H:2 * H].T)[:, nbr]
         pre = pre + d * W[:, 2 * H] + edge_attr @ W[:, 2 * H + 1:].T + lin.bias
-        m = self.edge_mlp[3](self.edge_mlp[2](self.edge_mlp[1](pre))) * mask  # (B, N, N, H)
+        m = self.edge_mlp[3](self.edge_mlp[2](self.edge_mlp[1](pre))) * mask  # (B, N, K, H)
         trans = torch.clamp(r * self.coord_mlp(m), -self.clamp, self.clamp) * mask
         x_new = x + trans.sum(2) * inv_deg + self.vel_mlp(h) * vel
         h_new = h + self.node_mlp(torch.cat([h, m.sum(2)], dim=-1))
@@ -108,15 +124,16 @@ class EGNN(HomotopyModel):
 
     def forward(self, batch: GeometricBatch) -> torch.Tensor:
         pos, vel = batch.pos, batch.vel
-        mask = _neighbour_mask(batch)
-        inv_deg = 1.0 / mask.sum(2).clamp(min=1.0)                  # (B, N, 1): mean over neighbours
-        r0 = pos[:, :, None, :] - pos[:, None, :, :]
-        edge_attr = torch.cat([batch.edge_attr, (r0 * r0).sum(-1, keepdim=True)], dim=-1)
+        nbr, mask = neighbour_lists(batch)
+        inv_deg = 1.0 / mask.sum(2).clamp(min=1.0)                  # (B or 1, N, 1): mean over neighbours
+        rows = torch.arange(pos.shape[1], device=pos.device)[:, None]
+        r0 = pos[:, :, None, :] - pos[:, nbr]
+        edge_attr = torch.cat([batch.edge_attr[:, rows, nbr], (r0 * r0).sum(-1, keepdim=True)], dim=-1)
         node = vel.norm(dim=-1, keepdim=True)
         if batch.node_attr is not None:
             node = torch.cat([node, batch.node_attr], dim=-1)
         h = self.embedding(node)
         x = pos
         for layer in self.layers:
-            h, x = layer(h, x, vel, edge_attr, mask, inv_deg)
+            h, x = layer(h, x, vel, edge_attr, nbr, mask, inv_deg)
         return x

@@ -9,13 +9,14 @@ algebra (they are a separate component) and are covered by sampling.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from e3nn import o3
 
-__all__ = ["E3Elements", "EuclideanGroup", "CartesianRep", "IrrepsRep", "so3_generators_cartesian"]
+__all__ = ["E3Elements", "EuclideanGroup", "CartesianRep", "IrrepsRep", "so3_generators_cartesian", "e3nn_precision"]
 
 
 def so3_generators_cartesian(dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -111,12 +112,6 @@ class EuclideanGroup:
         return E3Elements(R.expand(n, 3, 3), tr.expand(n, 3))
 
 
-def _broadcast(mat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-element tensor (n, ...) to broadcast against z (n, ..., d)."""
-    extra = z.dim() - 1 - (mat.dim() - 1)
-    return mat.reshape(mat.shape[:1] + (1,) * max(extra, 0) + mat.shape[1:])
-
-
 _KINDS = {"scalar": 1, "pseudoscalar": 1, "vector": 3, "pseudovector": 3, "position": 3}
 
 
@@ -154,24 +149,24 @@ class CartesianRep:
             offset += size
 
     def act(self, g: E3Elements, z: torch.Tensor) -> torch.Tensor:
-        R = g.rotation.to(z.dtype)
-        det = torch.linalg.det(R)
-        t = g.translation.to(z.dtype)
+        n, mid = z.shape[0], (1,) * (z.dim() - 2)
+        R = g.rotation.to(z.dtype).reshape((n,) + mid + (1, 3, 3))
+        det = torch.linalg.det(g.rotation.to(z.dtype)).reshape((n,) + mid + (1,))
+        t = g.translation.to(z.dtype).reshape((n,) + mid + (1, 3))
         parts = []
         for kind, mult, part in self._split(z):
             if kind == "scalar":
                 parts.append(part)
                 continue
             if kind == "pseudoscalar":
-                parts.append(part * _broadcast(det, part)[..., None])
+                parts.append(part * det)
                 continue
             vec = part.reshape(part.shape[:-1] + (mult, 3))
-            Rb = _broadcast(R, vec[..., 0, :])  # (n, 1.., 3, 3)
-            out = torch.einsum("...ij,...mj->...mi", Rb, vec)
+            out = (R @ vec[..., None])[..., 0]
             if kind == "pseudovector":
-                out = out * _broadcast(det, vec[..., 0, 0])[..., None, None]
+                out = out * det[..., None]
             if kind == "position":
-                out = out + _broadcast(t, vec[..., 0, :])[..., None, :]
+                out = out + t
             parts.append(out.reshape(part.shape))
         return torch.cat(parts, dim=-1)
 
@@ -194,6 +189,17 @@ class CartesianRep:
                 out = torch.zeros_like(vec)
             parts.append(out.reshape(part.shape))
         return torch.cat(parts, dim=-1)
+
+
+@contextlib.contextmanager
+def e3nn_precision(dtype: torch.dtype) -> Iterator[None]:
+    """e3nn builds Wigner matrices and generators in the default dtype: run it in ``dtype``."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype if dtype in (torch.float32, torch.float64) else old)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 class IrrepsRep:
@@ -230,12 +236,13 @@ class IrrepsRep:
         return T
 
     def act(self, g: E3Elements, z: torch.Tensor) -> torch.Tensor:
-        R = g.rotation.to(z.dtype)
-        D = self.irreps.D_from_matrix(R)  # (n, dim, dim)
-        out = torch.einsum("...ij,...j->...i", _broadcast(D, z[..., 0]), z)
+        n, mid = z.shape[0], (1,) * (z.dim() - 2)
+        with e3nn_precision(z.dtype):
+            D = self.irreps.D_from_matrix(g.rotation.to(z.dtype))  # (n, dim, dim)
+        out = (D.reshape((n,) + mid + D.shape[1:]) @ z[..., None])[..., 0]
         if self._position_slices:
             shift = g.translation.to(z.dtype) @ self._translation_matrix(z.dtype, z.device)
-            out = out + _broadcast(shift, z)
+            out = out + shift.reshape((n,) + mid + (self.dim,))
         return out
 
     def _generator(self, k: int, dtype, device) -> torch.Tensor:
@@ -243,7 +250,8 @@ class IrrepsRep:
         if key not in self._cache:
             blocks = []
             for mul, ir in self.irreps:
-                X = o3.so3_generators(ir.l).to(dtype=dtype, device=device)[k]
+                with e3nn_precision(dtype):
+                    X = o3.so3_generators(ir.l).to(dtype=dtype, device=device)[k]
                 blocks.extend([X] * mul)
             self._cache[key] = torch.block_diag(*blocks) if blocks else torch.zeros(0, 0, dtype=dtype)
         return self._cache[key]

@@ -211,7 +211,6 @@ class _Stepper:
         self.max_f = max_f
         self.sq = np.empty((b, DIM, N_BALLS))
         self.nrm = np.empty((b, N_BALLS))
-        self.gram = np.empty((b, N_BALLS, N_BALLS))
         self.gp = np.empty((b, npair))
         self.ni = np.empty((b, npair))
         self.nj = np.empty((b, npair))
@@ -219,6 +218,7 @@ class _Stepper:
         self.fs = np.empty((b, npair))
         self.xi = np.empty((b, DIM, npair))
         self.xj = np.empty((b, DIM, npair))
+        self.prod = np.empty((b, DIM, npair))
         self.t2 = np.empty((b, DIM, 2 * npair))     # [T, -T]
         self.terms = np.empty((b, DIM, N_BALLS - 1, N_BALLS))
         self.force = np.empty((b, DIM, N_BALLS))
@@ -226,15 +226,19 @@ class _Stepper:
             self.fn = np.empty((b, 1, N_BALLS))
 
     def __call__(self, loc: np.ndarray) -> np.ndarray:
-        """Clipped force on every particle, (B, 3, 5); ``loc`` C-contiguous."""
-        b = loc.shape[0]
+        """Clipped force on every particle, (B, 3, 5)."""
+        npair = _PI.size
         # |x_i|^2: (A ** 2).sum(axis=1) in the original, a sequential sum.
         np.multiply(loc, loc, out=self.sq)
         np.add(self.sq[:, 0], self.sq[:, 1], out=self.nrm)
         self.nrm += self.sq[:, 2]
-        # <x_i, x_j>: same BLAS call (syrk) per slice as np.dot(A, A.T).
-        np.matmul(loc.transpose(0, 2, 1), loc, out=self.gram)
-        np.take(self.gram.reshape(b, -1), _PAIR_FLAT, axis=1, out=self.gp)
+        # <x_i, x_j> for i < j as an un-fused sequential sum of products,
+        # i.e. what a BLAS kernel without FMA returns for A.dot(A.T).
+        np.take(loc, _PI, axis=2, out=self.xi)
+        np.take(loc, _PJ, axis=2, out=self.xj)
+        np.multiply(self.xi, self.xj, out=self.prod)
+        np.add(self.prod[:, 0], self.prod[:, 1], out=self.gp)
+        self.gp += self.prod[:, 2]
         # d_ij = (|x_i|^2 + |x_j|^2) - 2 <x_i, x_j>, then d_ij ** 1.5.
         np.take(self.nrm, _PI, axis=1, out=self.ni)
         np.take(self.nrm, _PJ, axis=1, out=self.nj)
@@ -244,9 +248,6 @@ class _Stepper:
         np.power(self.ni, 1.5, out=self.pw)
         np.divide(self.edges_p, self.pw, out=self.fs)
         # T_ij = fs_ij * (x_i - x_j) for i < j; T_ji = -T_ij exactly.
-        np.take(loc, _PI, axis=2, out=self.xi)
-        np.take(loc, _PJ, axis=2, out=self.xj)
-        npair = _PI.size
         t = self.t2[:, :, :npair]
         np.subtract(self.xi, self.xj, out=t)
         t *= self.fs[:, None, :]

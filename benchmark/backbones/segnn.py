@@ -1,0 +1,214 @@
+"""Backbone ``segnn``: steerable E(3)-equivariant GNN (Brandstetter et al., ICLR 2022), relaxed as in ACE.
+
+Dense batched form for small fully connected graphs: node tensors ``(B, N, ...)``, edge tensors
+``(B, N, N, ...)``; steerable features are pairs ``(s, v)`` of scalars ``(..., C0)`` and vectors
+``(..., 3, C1)`` (see :mod:`benchmark.nn._tensor_product`), and every steerable layer is e3nn's
+``FullyConnectedTensorProduct(features, attributes, out)`` with its own weights, computed as a few
+dense contractions (exactly e3nn's numbers; a per-edge e3nn implementation is checked against it in
+the tests).
+
+Geometry (positions are not updated; everything below is computed once per forward)::
+
+    r_ij = x_j - x_i                  (the neighbour j seen from the receiver i)
+    a_ij = Y(r_ij / |r_ij|)           spherical harmonics l <= 1, integral normalisation
+    a_i  = mean_j a_ij + Y(v_i / |v_i|), with its l = 0 component set to 1
+
+Network (``TP_a(f)``: tensor product of ``f`` with attributes ``a`` plus a bias on scalar outputs;
+``G``: gate, SiLU on scalars and sigmoid gates on vectors, as e3nn's ``Gate``)::
+
+    f_i  = TP_ai([x_i - mean_k x_k, v_i, |v_i|, node scalars])            input 2x1o + (1+F)x0e
+    m_ij = G(TP_aij(G(TP_aij([f_i, f_j, |x_i - x_j|, edge scalars]))))   message: two gated layers
+    u_i  = G(TP0_ai([f_i, sum_j m_ij]) + gamma_0 f_neq0([f_i, sum_j m_ij]))
+    f_i <- f_i + TP1_ai(u_i) + gamma_1 f_neq1(u_i)                        update: residual
+    out  = x_i + TP_ai(G(TP_ai(f_i)))                                     readout to 1x1o
+
+The centroid is the mean over particles of each system (the published code averaged each
+particle's coordinates instead, which breaks equivariance). Hidden features are the
+weight-balanced irreps of ``hidden`` (:func:`~benchmark.nn._tensor_product.weight_balanced_irreps`:
+``N x 0e + N x 1o`` with as many weights per layer as a ``hidden x 0e`` one; 64 gives
+``32x0e + 32x1o``). No normalisation layers. Relaxation as in ACE's SEGNN: two relaxed layers per
+layer, on the update's two tensor products (``layer{i}.update0``, ``layer{i}.update1``), whose
+branches see the flattened e3nn irreps vector of the product's input and return one of its
+output irreps (``rep_in`` / ``rep_out`` are :class:`~benchmark.groups.IrrepsRep` of those).
+
+Guarantee: at ``gamma = 0`` (or in ``model.projected()``, or with ``branch=none``) the network is
+exactly E(3)- and permutation-equivariant (tested in float64 to 1e-10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from e3nn import o3
+from torch import nn
+
+from benchmark.config import param
+from benchmark.groups import IrrepsRep
+from benchmark.nn import BRANCH_KINDS, HomotopyModel, RelaxedLayer, make_branch
+from benchmark.nn._tensor_product import (SH0, SH1, GateL1, TensorProductL1, cartesian_to_e3nn, e3nn_to_cartesian,
+                                          from_flat, gate_irreps, split_channels, to_flat, weight_balanced_irreps)
+from benchmark.registry import BACKBONES
+from benchmark.tasks._base import GeometricBatch
+
+__all__ = ["SEGNNConfig", "SEGNN", "SEGNNLayer", "Geometry"]
+
+
+@dataclass(frozen=True)
+class SEGNNConfig:
+    hidden: int = param(64, help="width of the weight-balanced hidden irreps (64: 32x0e + 32x1o)", ge=1)
+    layers: int = param(4, help="number of message-passing layers", ge=1)
+    lmax_h: int = param(1, help="largest degree of the hidden irreps (the dense products cover 1)", choices=(1,))
+    lmax_attr: int = param(1, help="largest degree of the edge and node attributes", choices=(1,))
+    branch: str = param("mlp", help="unconstrained branch of each relaxed layer", choices=BRANCH_KINDS)
+    branch_hidden: int = param(64, help="hidden width of the mlp branch", ge=1)
+    branch_layers: int = param(3, help="linear layers of the mlp branch", ge=1)
+
+
+class Geometry(NamedTuple):
+    """What every layer reads of the (fixed) geometry of a batch."""
+
+    mask: torch.Tensor          # (B or 1, N, N, 1): 1 where j sends to i
+    edge_sh: torch.Tensor       # (B, N, N, 3): l = 1 harmonics of r_ij (l = 0 is the constant SH0)
+    edge_scalars: torch.Tensor  # (B, N, N, 1 + E): |x_i - x_j| and the task's invariant edge attributes
+    node_sh: torch.Tensor       # (B, N, 3): l = 1 part of the node attributes (l = 0 is 1)
+
+
+def geometry(batch: GeometricBatch) -> Geometry:
+    pos = batch.pos
+    B, N, _ = pos.shape
+    if batch.edge_mask is not None:
+        mask = batch.edge_mask.to(pos.dtype)
+    else:
+        mask = (1.0 - torch.eye(N, dtype=pos.dtype, device=pos.device))[None]
+    mask = mask[..., None]
+    rel = pos[:, None, :, :] - pos[:, :, None, :]                      # rel[b, i, j] = x_j - x_i
+    r2 = (rel * rel).sum(-1, keepdim=True)
+    dist = torch.where(r2 > 0, r2, torch.ones_like(r2)).sqrt()         # no 0/0 on self loops
+    edge_sh = SH1 * cartesian_to_e3nn(rel / dist)
+    deg = mask.sum(2).clamp(min=1.0)
+    node_sh = (edge_sh * mask).sum(2) / deg + SH1 * cartesian_to_e3nn(F.normalize(batch.vel, dim=-1))
+    edge_scalars = torch.cat([dist, batch.edge_attr], dim=-1)
+    return Geometry(mask, edge_sh, edge_scalars, node_sh)
+
+
+class SEGNNLayer(nn.Module):
+    """One SEGNN layer (two gated message products, two update products, residual) with the two
+    relaxed layers of ACE's SEGNN on the update products."""
+
+    def __init__(self, hidden: o3.Irreps, edge_scalars: int, cfg: SEGNNConfig, name: str):
+        super().__init__()
+        self.hidden = hidden
+        self.h0, self.h1 = split_channels(hidden)
+        gated = gate_irreps(hidden)
+        self.message0 = TensorProductL1(hidden + hidden + o3.Irreps(f"{edge_scalars}x0e"), gated)
+        self.message1 = TensorProductL1(hidden, gated)
+        self.update0 = TensorProductL1(hidden + hidden, gated)
+        self.update1 = TensorProductL1(hidden, hidden)
+        self.gate = GateL1(self.h0)
+        self.irreps_update0 = (hidden + hidden, gated)
+        self.irreps_update1 = (hidden, hidden)
+        self.relax0 = self._relaxed_layer(cfg, hidden + hidden, gated, f"{name}.update0")
+        self.relax1 = self._relaxed_layer(cfg, hidden, hidden, f"{name}.update1")
+
+    @staticmethod
+    def _relaxed_layer(cfg: SEGNNConfig, irreps_in: o3.Irreps, irreps_out: o3.Irreps, name: str) -> RelaxedLayer:
+        rep_in, rep_out = IrrepsRep(irreps_in), IrrepsRep(irreps_out)
+        branch = make_branch(cfg.branch, rep_in.dim, rep_out.dim, cfg.branch_hidden, layers=cfg.branch_layers,
+                             act=nn.GELU)
+        return RelaxedLayer(branch, rep_in, rep_out, name)
+
+    def messages(self, s: torch.Tensor, v: torch.Tensor, geo: Geometry):
+        """Gated messages ``m_ij`` (``(B, N, N, C0)``, ``(B, N, N, 3, C1)``), masked."""
+        tp, h0, h1 = self.message0, self.h0, self.h1
+        A, Bv = tp.kernels()
+        k = tp.cs_out
+        # the first product is linear in [f_i, f_j, e_ij]: apply it to nodes, then broadcast to edges
+        si, sj = s @ A[:h0], s @ A[h0:2 * h0]                              # (B, N, C)
+        vi, vj = v @ Bv[:h1], v @ Bv[h1:]                                  # (B, N, 3, C)
+        a1 = geo.edge_sh
+        sa = si[:, :, None] + sj[:, None] + geo.edge_scalars @ A[2 * h0:]
+        ms = SH0 * sa[..., :k] + a1 @ vi[..., :k] + (a1.transpose(1, 2) @ vj[..., :k]).transpose(1, 2)
+        ms = ms + tp.bias
+        mv = a1.unsqueeze(-1) * sa[..., None, k:] + SH0 * (vi[..., k:][:, :, None] + vj[..., k:][:, None])
+        ms, mv = self.gate(ms, mv)
+        ms, mv = self.gate(*self.message1(ms, mv, SH0, a1))
+        return ms * geo.mask, mv * geo.mask.unsqueeze(-1)
+
+    def forward(self, s: torch.Tensor, v: torch.Tensor, geo: Geometry):
+        ms, mv = self.messages(s, v, geo)
+        x_s, x_v = torch.cat([s, ms.sum(2)], dim=-1), torch.cat([v, mv.sum(2)], dim=-1)
+        u_s, u_v = self.update0(x_s, x_v, 1.0, geo.node_sh)
+        u_s, u_v = _relax(self.relax0, u_s, u_v, self.irreps_update0, x_s, x_v)
+        u_s, u_v = self.gate(u_s, u_v)
+        d_s, d_v = self.update1(u_s, u_v, 1.0, geo.node_sh)
+        d_s, d_v = _relax(self.relax1, d_s, d_v, self.irreps_update1, u_s, u_v)
+        return s + d_s, v + d_v
+
+
+def _relax(layer: RelaxedLayer, s, v, irreps, in_s, in_v):
+    """``f_eq + gamma * f_neq`` on the flattened e3nn irreps vectors (skipped when ``f_eq`` alone
+    is evaluated, to spare the layout round trip)."""
+    if layer.branch is None or layer.project:
+        return s, v
+    irreps_in, irreps_out = irreps
+    out = layer(to_flat(s, v, irreps_out), lambda: to_flat(in_s, in_v, irreps_in))
+    return from_flat(out, irreps_out)
+
+
+@BACKBONES.register("segnn", config=SEGNNConfig)
+class SEGNN(HomotopyModel):
+    """Relaxed SEGNN for tasks whose batches are :class:`GeometricBatch` with position targets."""
+
+    tasks = ("nbody", "nbody-field")
+    train_defaults: dict = {}
+
+    def __init__(self, cfg: SEGNNConfig, task):
+        super().__init__()
+        sample = task.split("valid")
+        if not isinstance(sample, GeometricBatch):
+            raise TypeError(f"segnn needs a task with geometric batches; {task.name} gives {type(sample).__name__}")
+        if cfg.lmax_h != 1 or cfg.lmax_attr != 1:
+            raise ValueError(f"segnn: lmax_h={cfg.lmax_h}, lmax_attr={cfg.lmax_attr}; only 1 is implemented")
+        node_scalars = 1 + (0 if sample.node_attr is None else sample.node_attr.shape[-1])
+        edge_scalars = 1 + sample.edge_attr.shape[-1]
+        self.cfg = cfg
+        self.hidden_irreps = weight_balanced_irreps(cfg.hidden, cfg.lmax_h)
+        self.input_irreps = o3.Irreps(f"2x1o + {node_scalars}x0e")
+        hidden = self.hidden_irreps
+        h0, _ = split_channels(hidden)
+        self.embedding = TensorProductL1(self.input_irreps, hidden)
+        self.layers = nn.ModuleList(SEGNNLayer(hidden, edge_scalars, cfg, f"layer{i}") for i in range(cfg.layers))
+        self.readout0 = TensorProductL1(hidden, gate_irreps(hidden))
+        self.readout_gate = GateL1(h0)
+        self.readout1 = TensorProductL1(hidden, "1x1o")
+
+    @staticmethod
+    def centroid(pos: torch.Tensor) -> torch.Tensor:
+        """The centre of each system, ``(B, 1, 3)``: the mean over its particles."""
+        return pos.mean(dim=1, keepdim=True)
+
+    def input_features(self, batch: GeometricBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, v)`` of the input irreps ``2x1o + (1+F)x0e``: ``[x_i - centroid, v_i]`` and
+        ``[|v_i|, node scalars]``."""
+        centred = batch.pos - self.centroid(batch.pos)
+        v = torch.stack([cartesian_to_e3nn(centred), cartesian_to_e3nn(batch.vel)], dim=-1)   # (B, N, 3, 2)
+        s = batch.vel.norm(dim=-1, keepdim=True)
+        if batch.node_attr is not None:
+            s = torch.cat([s, batch.node_attr], dim=-1)
+        return s, v
+
+    def input_flat(self, batch: GeometricBatch) -> torch.Tensor:
+        """The input features in e3nn's flat layout of :attr:`input_irreps`."""
+        return to_flat(*self.input_features(batch), self.input_irreps)
+
+    def forward(self, batch: GeometricBatch) -> torch.Tensor:
+        geo = geometry(batch)
+        s, v = self.embedding(*self.input_features(batch), 1.0, geo.node_sh)
+        for layer in self.layers:
+            s, v = layer(s, v, geo)
+        s, v = self.readout_gate(*self.readout0(s, v, 1.0, geo.node_sh))
+        _, v = self.readout1(s, v, 1.0, geo.node_sh)
+        return batch.pos + e3nn_to_cartesian(v[..., 0])

@@ -1,0 +1,271 @@
+"""Dense batched tensor products of ``l <= 1`` features with ``1x0e + 1x1o`` attributes.
+
+e3nn's ``FullyConnectedTensorProduct(irreps_in, "1x0e + 1x1o", irreps_out)``, with every irrep of
+``irreps_in`` and ``irreps_out`` a ``0e`` or a ``1o``, has only four kinds of paths, and the
+Clebsch-Gordan coefficient of each is a multiple of a Kronecker delta (no ``1o x 1o -> 1e`` path
+exists, since no output is ``1e``). With attributes ``a = (a0, a1)`` (a scalar and a vector)::
+
+    0e x 0e -> 0e    s'_w += c W_uw s_u a0
+    1o x 1o -> 0e    s'_w += c W_uw <v_u, a1>
+    0e x 1o -> 1o    v'_w += c W_uw s_u a1
+    1o x 0e -> 1o    v'_w += c W_uw v_u a0
+
+where ``c`` is e3nn's path normalisation times the Clebsch-Gordan constant
+(``o3.wigner_3j``). Merging the blocks of each kind turns the whole product into two dense
+matrix products, ``s @ A`` and ``v @ B``, and a few broadcasts with ``a0`` and ``a1``: no
+per-sample generic kernel. :class:`TensorProductL1` keeps its weights in e3nn's own flat layout
+(``weight``, the vector e3nn's ``FullyConnectedTensorProduct`` takes as its ``weight``
+argument), so an e3nn implementation can use the very same parameters.
+
+Feature layout: a pair ``(s, v)``, scalars ``s`` of shape ``(..., C0)`` and vectors ``v`` of
+shape ``(..., 3, C1)`` (component first, so a product over channels is a plain matmul), vector
+components in e3nn's basis of ``1o`` (Cartesian x, y, z in e3nn 0.5 and later).
+:func:`to_flat` / :func:`from_flat` convert to and from e3nn's flat layout of an ``Irreps``.
+
+Examples
+--------
+>>> tp = TensorProductL1("4x0e + 2x1o", "3x0e + 1x1o")
+>>> s, v = torch.randn(10, 4), torch.randn(10, 3, 2)
+>>> a0, a1 = torch.ones(10, 1), torch.randn(10, 3)
+>>> s2, v2 = tp(s, v, a0, a1)
+>>> tuple(s2.shape), tuple(v2.shape)
+((10, 3), (10, 3, 1))
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from e3nn import o3
+from e3nn.math import normalize2mom
+from torch import nn
+
+__all__ = ["ATTR_IRREPS", "TensorProductL1", "GateL1", "weight_balanced_irreps", "to_flat", "from_flat",
+           "split_channels", "gate_irreps", "sh_l1", "cartesian_to_e3nn", "e3nn_to_cartesian"]
+
+SCALAR = o3.Irrep("0e")
+VECTOR = o3.Irrep("1o")
+ATTR_IRREPS = o3.Irreps("1x0e + 1x1o")
+
+# e3nn's basis of 1o: the rows are e_x, e_y, e_z written in it (the identity from e3nn 0.5 on)
+_CART_TO_E3NN = o3.spherical_harmonics(1, torch.eye(3, dtype=torch.float64), normalize=True,
+                                       normalization="norm")
+_IDENTITY_BASIS = bool(torch.equal(_CART_TO_E3NN, torch.eye(3, dtype=torch.float64)))
+
+# integral-normalised real spherical harmonics of a unit vector: Y_0 = 1/sqrt(4 pi), Y_1 = sqrt(3/(4 pi)) n
+SH0 = 1.0 / math.sqrt(4.0 * math.pi)
+SH1 = math.sqrt(3.0 / (4.0 * math.pi))
+
+
+def cartesian_to_e3nn(x: torch.Tensor) -> torch.Tensor:
+    """Cartesian vectors ``(..., 3)`` in e3nn's basis of ``1o`` (a no-op for e3nn >= 0.5)."""
+    return x if _IDENTITY_BASIS else x @ _CART_TO_E3NN.to(x)
+
+
+def e3nn_to_cartesian(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`cartesian_to_e3nn`."""
+    return x if _IDENTITY_BASIS else x @ _CART_TO_E3NN.to(x).T
+
+
+def sh_l1(unit: torch.Tensor) -> torch.Tensor:
+    """The ``l = 1`` integral-normalised spherical harmonics of unit vectors (Cartesian, ``(..., 3)``)."""
+    return SH1 * cartesian_to_e3nn(unit)
+
+
+def _check_irreps(irreps: o3.Irreps, what: str) -> None:
+    for _, ir in irreps:
+        if ir not in (SCALAR, VECTOR):
+            raise ValueError(f"{what}={irreps}: the dense l<=1 tensor product takes only 0e and 1o irreps, "
+                             f"got {ir}")
+
+
+def split_channels(irreps) -> tuple[int, int]:
+    """Number of ``0e`` and of ``1o`` channels of ``irreps`` (only those two irreps allowed)."""
+    irreps = o3.Irreps(irreps)
+    _check_irreps(irreps, "irreps")
+    return (sum(mul for mul, ir in irreps if ir == SCALAR), sum(mul for mul, ir in irreps if ir == VECTOR))
+
+
+def to_flat(s: torch.Tensor, v: torch.Tensor, irreps) -> torch.Tensor:
+    """``(s, v)`` in e3nn's flat layout of ``irreps`` (``0e`` and ``1o`` blocks in any order).
+
+    Scalar blocks take the scalar channels in order, vector blocks the vector channels in order.
+    """
+    irreps = o3.Irreps(irreps)
+    parts = []
+    i0 = i1 = 0
+    for mul, ir in irreps:
+        if ir == SCALAR:
+            parts.append(s[..., i0:i0 + mul])
+            i0 += mul
+        elif ir == VECTOR:
+            parts.append(v[..., :, i1:i1 + mul].transpose(-1, -2).reshape(v.shape[:-2] + (3 * mul,)))
+            i1 += mul
+        else:
+            raise ValueError(f"to_flat: irrep {ir} of {irreps} is neither 0e nor 1o")
+    return torch.cat(parts, dim=-1)
+
+
+def from_flat(x: torch.Tensor, irreps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`to_flat`: ``(s, v)`` from e3nn's flat layout of ``irreps``."""
+    irreps = o3.Irreps(irreps)
+    s_parts, v_parts = [], []
+    for (mul, ir), sl in zip(irreps, irreps.slices()):
+        if ir == SCALAR:
+            s_parts.append(x[..., sl])
+        elif ir == VECTOR:
+            v_parts.append(x[..., sl].reshape(x.shape[:-1] + (mul, 3)).transpose(-1, -2))
+        else:
+            raise ValueError(f"from_flat: irrep {ir} of {irreps} is neither 0e nor 1o")
+    batch = x.shape[:-1]
+    s = torch.cat(s_parts, dim=-1) if s_parts else x.new_zeros(batch + (0,))
+    v = torch.cat(v_parts, dim=-1) if v_parts else x.new_zeros(batch + (3, 0))
+    return s, v
+
+
+def weight_balanced_irreps(width: int, lmax: int = 1, attr=ATTR_IRREPS) -> o3.Irreps:
+    """Hidden irreps ``N x 0e + N x 1o (+ ...)`` up to ``lmax`` with as many tensor-product weights
+    as a scalar layer of ``width`` channels.
+
+    ``N`` is the multiplicity whose ``FullyConnectedTensorProduct(hidden, attr, hidden)`` has the
+    number of weights closest to that of ``FullyConnectedTensorProduct(width x 0e, attr, width x 0e)``
+    (ties to the larger ``N``); irreps of degree ``l`` have parity ``(-1)^l``, those of the
+    spherical harmonics. With ``attr = 1x0e + 1x1o`` the scalar layer has ``width^2`` weights and
+    the hidden one ``4 N^2``, so ``width = 64`` gives ``32x0e + 32x1o``.
+
+    >>> weight_balanced_irreps(64)
+    32x0e+32x1o
+    """
+    attr = o3.Irreps(attr)
+    if width < 1:
+        raise ValueError(f"width={width}: expected >= 1")
+
+    def count(irreps) -> int:
+        return o3.FullyConnectedTensorProduct(irreps, attr, irreps, internal_weights=False).weight_numel
+
+    target = count(o3.Irreps(f"{width}x0e"))
+    kinds = [o3.Irrep(l, (-1) ** l) for l in range(lmax + 1)]
+    best = None
+    for n in range(1, width + 1):
+        irreps = o3.Irreps([(n, ir) for ir in kinds])
+        gap = abs(count(irreps) - target)
+        if best is None or gap <= best[0]:
+            best = (gap, irreps)
+        if count(irreps) > target:
+            break
+    return best[1]
+
+
+class TensorProductL1(nn.Module):
+    """``FullyConnectedTensorProduct(irreps_in, 1x0e + 1x1o, irreps_out)`` (e3nn's normalisation)
+    as two dense matrix products, plus a bias on the scalar outputs.
+
+    Parameters
+    ----------
+    irreps_in, irreps_out
+        ``0e`` and ``1o`` blocks only (in any order; scalars and vectors are merged in order).
+    bias : bool
+        Add a learnable bias (initialised to 0) to every ``0e`` output.
+
+    Attributes
+    ----------
+    weight : (weight_numel,)
+        Exactly e3nn's flat weight vector of the product (initialised N(0, 1) as e3nn does).
+    """
+
+    def __init__(self, irreps_in, irreps_out, *, bias: bool = True):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        _check_irreps(self.irreps_in, "irreps_in")
+        _check_irreps(self.irreps_out, "irreps_out")
+        tp = o3.FullyConnectedTensorProduct(self.irreps_in, ATTR_IRREPS, self.irreps_out,
+                                            shared_weights=True, internal_weights=False)
+        self.cs_in, self.cv_in = split_channels(self.irreps_in)
+        self.cs_out, self.cv_out = split_channels(self.irreps_out)
+        self.weight = nn.Parameter(torch.randn(tp.weight_numel))
+        self.bias = nn.Parameter(torch.zeros(self.cs_out)) if bias and self.cs_out else None
+
+        def offsets(irreps):
+            out, n0, n1 = [], 0, 0
+            for mul, ir in irreps:
+                out.append(n0 if ir == SCALAR else n1)
+                n0, n1 = (n0 + mul, n1) if ir == SCALAR else (n0, n1 + mul)
+            return out
+
+        off_in, off_out = offsets(self.irreps_in), offsets(self.irreps_out)
+        cols = self.cs_out + self.cv_out
+        rows = self.cs_in + self.cv_in
+        index = torch.zeros(rows * cols, dtype=torch.long)
+        coef = torch.zeros(rows * cols, dtype=torch.float64)
+        start = 0
+        for ins in tp.instructions:
+            mul_in, ir_in = self.irreps_in[ins.i_in1]
+            _, ir_attr = ATTR_IRREPS[ins.i_in2]
+            mul_out, ir_out = self.irreps_out[ins.i_out]
+            cg = o3.wigner_3j(ir_in.l, ir_attr.l, ir_out.l, dtype=torch.float64)
+            const = cg.flatten()[0].item()       # every l <= 1 coefficient here is const * delta
+            r = (off_in[ins.i_in1] if ir_in == SCALAR else self.cs_in + off_in[ins.i_in1]) + torch.arange(mul_in)
+            c = (off_out[ins.i_out] if ir_out == SCALAR else self.cs_out + off_out[ins.i_out]) + torch.arange(mul_out)
+            pos = (r[:, None] * cols + c[None, :]).flatten()
+            n = mul_in * mul_out                 # e3nn's path weight has shape (mul_in, 1, mul_out)
+            index[pos] = start + torch.arange(n)
+            coef[pos] = ins.path_weight * const
+            start += n
+        assert start == tp.weight_numel
+        # plain attributes, not buffers: ``module.to(float32)`` must not round the float64 constants
+        self._index = index
+        self._coef = coef
+        self._consts: dict = {}
+
+    def extra_repr(self) -> str:
+        return f"{self.irreps_in} x {ATTR_IRREPS} -> {self.irreps_out}"
+
+    def kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged matrices ``A`` (scalar rows) and ``B`` (vector rows), each with the scalar
+        output columns first and the vector output columns after, normalisation included."""
+        key = (self.weight.dtype, self.weight.device)
+        if key not in self._consts:
+            self._consts[key] = (self._index.to(self.weight.device), self._coef.to(self.weight.device, self.weight.dtype))
+        index, coef = self._consts[key]
+        K = (self.weight[index] * coef).view(self.cs_in + self.cv_in, self.cs_out + self.cv_out)
+        return K[:self.cs_in], K[self.cs_in:]
+
+    def combine(self, sa: torch.Tensor, vb: torch.Tensor, a0, a1: torch.Tensor):
+        """Outputs from ``sa = s @ A`` (``(..., C)``) and ``vb = v @ B`` (``(..., 3, C)``)."""
+        k = self.cs_out
+        s = (a1.unsqueeze(-2) @ vb[..., :k]).squeeze(-2) + a0 * sa[..., :k]
+        if self.bias is not None:
+            s = s + self.bias
+        v = a1.unsqueeze(-1) * sa[..., None, k:] + (a0.unsqueeze(-1) if torch.is_tensor(a0) else a0) * vb[..., k:]
+        return s, v
+
+    def forward(self, s: torch.Tensor, v: torch.Tensor, a0, a1: torch.Tensor):
+        """``(s, v)`` with attributes ``a0`` (``(..., 1)`` or a number) and ``a1`` (``(..., 3)``)."""
+        A, B = self.kernels()
+        return self.combine(s @ A, v @ B, a0, a1)
+
+
+class GateL1(nn.Module):
+    """e3nn's ``Gate(Nx0e, [silu], Mx0e, [sigmoid], Mx1o)`` on ``(s, v)``: ``s`` holds the ``N``
+    scalars then the ``M`` gates; both activations carry e3nn's second-moment normalisation."""
+
+    def __init__(self, num_scalars: int):
+        super().__init__()
+        self.num_scalars = num_scalars
+        self.c_silu = float(normalize2mom(F.silu).cst)
+        self.c_sigmoid = float(normalize2mom(torch.sigmoid).cst)
+
+    def forward(self, s: torch.Tensor, v: torch.Tensor):
+        n = self.num_scalars
+        gates = torch.sigmoid(s[..., n:]) * self.c_sigmoid
+        return F.silu(s[..., :n]) * self.c_silu, v * gates.unsqueeze(-2)
+
+
+def gate_irreps(hidden) -> o3.Irreps:
+    """The irreps a gated layer's tensor product outputs for ``hidden``: scalars, one gate per
+    vector channel, vectors (e3nn's ``Gate(...).irreps_in``)."""
+    n0, n1 = split_channels(hidden)
+    return o3.Irreps(f"{n0 + n1}x0e + {n1}x1o") if n1 else o3.Irreps(f"{n0}x0e")

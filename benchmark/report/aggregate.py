@@ -1,0 +1,285 @@
+"""From records to tables of numbers: one row per run and variant, then one row per group.
+
+A *group* is (suite, task, backbone, method, train size, evaluation variant). Its statistics are
+taken over the completed runs; diverged and failed runs are counted and shown, never dropped
+silently. Records come either from a suite (exactly the runs its grid names, by configuration
+hash) or from a whole results folder, where suite manifests (``<results>/suites/*.json``) label
+each run with its suite and protocol; runs outside every suite are grouped by their settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmark.config import config_hash
+from benchmark.record import iter_records, read_record, record_path
+from benchmark.report.stats import describe
+
+__all__ = ["Collection", "SuiteInfo", "collect_suite", "collect_results", "runs_frame", "summarize",
+           "curves_frame", "diagnostics_frame", "GROUP_KEYS",
+           "TABLE_KEYS"]
+
+GROUP_KEYS = ["suite", "task", "backbone", "method", "train_size", "variant"]
+TABLE_KEYS = ["suite", "task", "backbone", "train_size"]
+
+
+@dataclass
+class SuiteInfo:
+    """What a table footer says about where its numbers come from."""
+
+    name: str
+    protocol: str
+    reproduce: str | None = None          # the command that regenerates the suite
+    reference: str = "strict"
+    headline: dict[str, str] = field(default_factory=dict)
+    expected: dict[tuple, int] = field(default_factory=dict)   # (task, backbone, method, n) -> planned seeds
+
+
+@dataclass
+class Collection:
+    """Records and the suites they belong to: ``items`` pairs each record with a suite name."""
+
+    items: list[tuple[str, dict, Path | None]]
+    suites: dict[str, SuiteInfo]
+
+    @property
+    def records(self) -> list[dict]:
+        return [rec for _, rec, _ in self.items]
+
+
+def _reproduce(source: str, results: Path | str) -> str:
+    return f"relaxbench suite run {source} --results {results}"
+
+
+def collect_suite(spec, results: Path) -> Collection:
+    """The records of ``spec``'s grid that exist in ``results`` (matching configuration hash)."""
+    items = []
+    expected: dict[tuple, int] = {}
+    for run in spec.runs():
+        key = (run.cell.task, run.cell.backbone, run.cell.method, run.cell.train_size)
+        expected[key] = expected.get(key, 0) + 1
+        path = record_path(results, run.cfg)
+        if not path.is_file():
+            continue
+        try:
+            rec = read_record(path)
+        except (OSError, ValueError):
+            continue
+        if (rec.get("config") or {}).get("hash") == run.cfg.hash:
+            items.append((spec.name, rec, path))
+    info = SuiteInfo(spec.name, spec.protocol, _reproduce(spec.source, results), spec.reference,
+                     {m: spec.headline_of(m) for m in spec.methods}, expected)
+    return Collection(items, {spec.name: info})
+
+
+def _setting_hash(rec: dict) -> str:
+    """A hash of what a table's rows must share: everything but seed, method and the branch."""
+    resolved = dict((rec.get("config") or {}).get("resolved") or {})
+    for key in ("seed", "method", "method_cfg", "train_size"):
+        resolved.pop(key, None)
+    model = {k: v for k, v in (resolved.get("model_cfg") or {}).items() if not k.startswith("branch")}
+    resolved["model_cfg"] = model
+    return config_hash(resolved)[:8]
+
+
+def collect_results(results: Path) -> Collection:
+    """Every record under ``results``, labelled by the suite manifests that list it."""
+    results = Path(results)
+    manifests = {}
+    for path in sorted((results / "suites").glob("*.json")):
+        try:
+            manifests[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    owners: dict[str, list[str]] = {}
+    suites: dict[str, SuiteInfo] = {}
+    for name, man in manifests.items():
+        expected: dict[tuple, int] = {}
+        for run_id in man.get("runs", []):
+            owners.setdefault(run_id, []).append(name)
+            task, backbone, method, rest = run_id.split("/", 3)
+            size = int(rest.split("-", 1)[0][1:])
+            expected[(task, backbone, method, size)] = expected.get((task, backbone, method, size), 0) + 1
+        suites[name] = SuiteInfo(name, man.get("protocol", name), _reproduce(man.get("source", name), results),
+                                 man.get("reference", "strict"), dict(man.get("headline") or {}), expected)
+    items = []
+    root = results / "runs"
+    for path, rec in iter_records(results):
+        run_id = str(path.relative_to(root).with_suffix(""))
+        names = owners.get(run_id)
+        if not names:
+            name = f"ad-hoc-{_setting_hash(rec)}"
+            names = [name]
+            if name not in suites:
+                suites[name] = SuiteInfo(name, "runs outside any suite with identical settings "
+                                               f"(setting {name[7:]})", None)
+        for name in names:
+            items.append((name, rec, path))
+    return Collection(items, suites)
+
+
+# -- frames -------------------------------------------------------------------------------------
+def _method_variants(method: str, seen: dict[str, list[str]]) -> list[str]:
+    try:
+        from benchmark.registry import METHODS
+        return list(METHODS.get(method).obj.variants)
+    except Exception:  # noqa: BLE001 - a method no longer registered still has its records
+        return seen.get(method) or ["-"]
+
+
+def _num(x: Any) -> float:
+    if x is None:
+        return math.nan
+    if isinstance(x, str):
+        return {"inf": math.inf, "-inf": -math.inf}.get(x, math.nan)
+    return float(x)
+
+
+def runs_frame(col: Collection) -> pd.DataFrame:
+    """One row per (suite, record, variant); non-completed records contribute rows without metrics."""
+    seen: dict[str, list[str]] = {}
+    for _, rec, _ in col.items:
+        for v in rec.get("variants") or {}:
+            seen.setdefault(rec["method"], [])
+            if v not in seen[rec["method"]]:
+                seen[rec["method"]].append(v)
+    rows = []
+    for suite, rec, path in col.items:
+        info = col.suites[suite]
+        metric = rec.get("metric") or {}
+        headline = info.headline.get(rec["method"]) or rec.get("headline")
+        variants = list(rec.get("variants") or {}) if rec["status"] == "completed" else \
+            _method_variants(rec["method"], seen)
+        if headline is None:
+            headline = variants[0]
+        timing = rec.get("timing") or {}
+        for variant in variants:
+            var = (rec.get("variants") or {}).get(variant) if rec["status"] == "completed" else None
+            eq = (var or {}).get("equivariance") or {}
+            rows.append({
+                "suite": suite, "task": rec["task"], "backbone": rec["backbone"], "method": rec["method"],
+                "train_size": int(rec["train_size"]), "variant": variant, "seed": int(rec["seed"]),
+                "status": rec["status"], "headline": variant == headline,
+                "metric": metric.get("name"), "higher_is_better": metric.get("higher_is_better"),
+                "metric_scale": metric.get("scale", 1.0),
+                "test_metric": _num((var or {}).get("test_metric")), "val_metric": _num((var or {}).get("val_metric")),
+                "best_epoch": (var or {}).get("best_epoch"),
+                "equivariance_rel": _num(eq.get("rel")), "equivariance_abs": _num(eq.get("abs")),
+                "params": rec.get("params"), "median_step_seconds": _num(timing.get("median_step_seconds")),
+                "wall_seconds": _num(timing.get("wall_seconds")), "config_hash": (rec.get("config") or {}).get("hash"),
+                "record": str(path) if path is not None else None,
+            })
+    columns = ["suite", "task", "backbone", "method", "train_size", "variant", "seed", "status", "headline",
+               "metric", "higher_is_better", "metric_scale", "test_metric", "val_metric", "best_epoch",
+               "equivariance_rel", "equivariance_abs", "params", "median_step_seconds", "wall_seconds",
+               "config_hash", "record"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _params(frame: pd.DataFrame) -> int | None:
+    values = frame.params.dropna()
+    values = values[values > 0]
+    return int(np.median(values)) if len(values) else None
+
+
+def summarize(runs: pd.DataFrame, col: Collection | None = None) -> pd.DataFrame:
+    """One row per group: run counts by status, mean/std/n/95% CI of the test metric over completed
+    runs, the same for the relative equivariance error, parameters and median step time."""
+    out = []
+    for key, grp in runs.groupby(GROUP_KEYS, sort=False):
+        row = dict(zip(GROUP_KEYS, key))
+        done = grp[grp.status == "completed"]
+        metric = describe(done.test_metric.to_numpy(dtype=float))
+        eq = describe(done.equivariance_rel.to_numpy(dtype=float))
+        first = grp.iloc[0]
+        planned = None
+        if col is not None:
+            planned = col.suites[row["suite"]].expected.get((row["task"], row["backbone"], row["method"],
+                                                             row["train_size"]))
+        counts = grp.status.value_counts()
+        row.update({
+            "headline": bool(grp.headline.any()),
+            "metric": next((m for m in grp.metric if isinstance(m, str)), None),
+            "higher_is_better": next((bool(h) for h in grp.higher_is_better if h is not None and h == h), False),
+            "metric_scale": float(first.metric_scale or 1.0),
+            "n_completed": int(counts.get("completed", 0)), "n_diverged": int(counts.get("diverged", 0)),
+            "n_failed": int(counts.get("failed", 0)),
+            "n_planned": int(planned) if planned is not None else int(len(grp)),
+            "seeds": " ".join(str(s) for s in sorted(done.seed)),
+            "mean": metric["mean"], "std": metric["std"], "n": metric["n"],
+            "ci95_low": metric["ci_low"], "ci95_high": metric["ci_high"],
+            "val_mean": float(np.mean(done.val_metric)) if len(done) else math.nan,
+            "equivariance_rel_mean": eq["mean"], "equivariance_rel_std": eq["std"],
+            "equivariance_abs_mean": float(np.mean(done.equivariance_abs)) if len(done) else math.nan,
+            "params": _params(done if len(done) else grp),
+            "median_step_seconds": float(np.nanmedian(done.median_step_seconds)) if
+            done.median_step_seconds.notna().any() else math.nan,
+        })
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def curves_frame(col: Collection) -> pd.DataFrame:
+    """Long form of every record's curves: one row per (run, epoch, quantity, variant or layer).
+
+    ``quantity`` is ``val_metric`` or ``equivariance_rel`` (with ``variant`` set), a per-layer list
+    such as ``gamma``/``lambda``/``u`` (with ``layer`` set), or a scalar such as ``gamma_bar``,
+    ``truncation_error`` and ``train_loss``.
+    """
+    rows = []
+    for suite, rec, _ in col.items:
+        info = col.suites[suite]
+        headline = info.headline.get(rec["method"]) or rec.get("headline")
+        layers = (rec.get("diagnostics") or {}).get("layers") or []
+        base = {"suite": suite, "task": rec["task"], "backbone": rec["backbone"], "method": rec["method"],
+                "train_size": int(rec["train_size"]), "seed": int(rec["seed"]), "status": rec["status"]}
+        for row in rec.get("curves") or []:
+            epoch = row.get("epoch")
+            for key, value in row.items():
+                if key == "epoch":
+                    continue
+                if isinstance(value, dict) and "val_metric" in value:
+                    eq = value.get("equivariance") or {}
+                    for q, v in (("val_metric", value.get("val_metric")), ("equivariance_rel", eq.get("rel")),
+                                 ("equivariance_abs", eq.get("abs"))):
+                        rows.append({**base, "epoch": epoch, "quantity": q, "variant": key,
+                                     "headline": key == headline, "layer": None, "value": _num(v)})
+                elif isinstance(value, list):
+                    for i, v in enumerate(value):
+                        if isinstance(v, (int, float)) or v is None:
+                            rows.append({**base, "epoch": epoch, "quantity": key, "variant": None, "headline": False,
+                                         "layer": layers[i] if i < len(layers) else f"layer{i}", "value": _num(v)})
+                elif isinstance(value, (int, float)) or value is None:
+                    rows.append({**base, "epoch": epoch, "quantity": key, "variant": None, "headline": False,
+                                 "layer": None, "value": _num(value)})
+    columns = ["suite", "task", "backbone", "method", "train_size", "seed", "status", "epoch", "quantity",
+               "variant", "headline", "layer", "value"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def diagnostics_frame(col: Collection) -> pd.DataFrame:
+    """Final per-layer diagnostics of completed runs: one row per (run, quantity, layer)."""
+    rows = []
+    for suite, rec, _ in col.items:
+        if rec["status"] != "completed":
+            continue
+        diag = rec.get("diagnostics") or {}
+        layers = diag.get("layers") or []
+        for key, value in diag.items():
+            if key == "layers" or not isinstance(value, list):
+                continue
+            for i, v in enumerate(value):
+                if isinstance(v, (int, float)):
+                    rows.append({"suite": suite, "task": rec["task"], "backbone": rec["backbone"],
+                                 "method": rec["method"], "train_size": int(rec["train_size"]),
+                                 "seed": int(rec["seed"]), "quantity": key,
+                                 "layer": layers[i] if i < len(layers) else f"layer{i}", "value": float(v)})
+    return pd.DataFrame(rows, columns=["suite", "task", "backbone", "method", "train_size", "seed", "quantity",
+                                       "layer", "value"])

@@ -1,0 +1,226 @@
+"""Figures of a suite (seaborn; each saved as PNG and PDF, named after what it shows).
+
+* ``sample_efficiency_<task>_<backbone>``: test metric against training size, one line per method
+  (headline variant), mean with a 95% Student-t band; log axes where the values span a decade.
+* ``training_dynamics_<task>_<backbone>_n<size>``: validation metric and equivariance error
+  against epoch (mean and standard deviation over seeds).
+* ``relaxation_parameters_<task>_<backbone>_n<size>``: gamma_i, lambda_i (and u_i) per layer
+  against epoch, one column per relaxed method.
+* ``layer_relaxation_<method>``: final lambda_i, gamma_i and u_i per layer, one panel per task,
+  for each method with per-layer duals (ACE's "which layers need relaxation").
+* ``gamma_bar_errors_<task>_<backbone>``: truncation error and equivariance error of the relaxed
+  model against gamma_bar = max_i abs(gamma_i), with the smallest C such that error <= C gamma_bar
+  holds on every measurement (the measured side of ACE's bounds, Theorems 4.1 and 4.2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.report.stats import describe
+
+__all__ = ["all_figures", "sample_efficiency", "training_dynamics", "relaxation_parameters",
+           "layer_relaxation", "gamma_bar_errors"]
+
+PER_LAYER = ("gamma", "lambda", "u")
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    sns.set_theme(style="whitegrid", context="paper")
+    return plt, sns
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out / f"{stem}.{ext}"
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
+        paths.append(path)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return paths
+
+
+def _spans_decade(values) -> bool:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    return v.size > 1 and (v > 0).all() and v.max() / v.min() >= 10
+
+
+def _palette(methods: list[str]) -> dict[str, tuple]:
+    _, sns = _plt()
+    return dict(zip(methods, sns.color_palette("tab10", n_colors=max(len(methods), 1))))
+
+
+def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
+    plt, _ = _plt()
+    paths = []
+    done = runs[(runs.status == "completed") & runs.headline]
+    for (suite, task, backbone), grp in done.groupby(["suite", "task", "backbone"], sort=True):
+        if grp.train_size.nunique() < 2:
+            continue
+        metric = grp.metric.iloc[0] or "metric"
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        methods = sorted(grp.method.unique())
+        colors = _palette(methods)
+        lows = []
+        for method in methods:
+            stats = [(n, describe(g.test_metric)) for n, g in grp[grp.method == method].groupby("train_size")]
+            x = np.array([n for n, _ in stats], dtype=float)
+            mean = np.array([d["mean"] for _, d in stats])
+            low = np.array([d["ci_low"] for _, d in stats])
+            high = np.array([d["ci_high"] for _, d in stats])
+            ax.plot(x, mean, marker="o", label=method, color=colors[method])
+            band = np.isfinite(low) & np.isfinite(high)
+            ax.fill_between(x[band], low[band], high[band], alpha=0.2, color=colors[method], linewidth=0)
+            lows.extend(mean)
+        if _spans_decade(grp.train_size):
+            ax.set_xscale("log")
+        if _spans_decade(lows):
+            ax.set_yscale("log")
+        ax.set_xlabel("training samples")
+        ax.set_ylabel(f"test {metric} ({'higher' if grp.higher_is_better.iloc[0] else 'lower'} is better)")
+        ax.set_title(f"{task} / {backbone}: sample efficiency (mean, 95% CI)")
+        ax.legend(fontsize=7, ncol=2)
+        paths += _save(fig, out, f"sample_efficiency_{task}_{backbone}")
+    return paths
+
+
+def training_dynamics(curves: pd.DataFrame, out: Path) -> list[Path]:
+    plt, sns = _plt()
+    paths = []
+    data = curves[(curves.status == "completed") & curves.headline
+                  & curves.quantity.isin(["val_metric", "equivariance_rel"])]
+    for (suite, task, backbone, n), grp in data.groupby(["suite", "task", "backbone", "train_size"], sort=True):
+        methods = sorted(grp.method.unique())
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, (quantity, label) in zip(axes, (("val_metric", "validation metric"),
+                                               ("equivariance_rel", "equivariance error (relative)"))):
+            part = grp[grp.quantity == quantity]
+            sns.lineplot(data=part, x="epoch", y="value", hue="method", hue_order=methods, errorbar="sd", ax=ax,
+                         palette=_palette(methods), legend=ax is axes[0])
+            if _spans_decade(part.value):
+                ax.set_yscale("log")
+            ax.set_ylabel(label)
+        axes[0].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"{task} / {backbone}, n = {n}: training dynamics (headline variant, mean ± sd)")
+        paths += _save(fig, out, f"training_dynamics_{task}_{backbone}_n{n}")
+    return paths
+
+
+def relaxation_parameters(curves: pd.DataFrame, out: Path) -> list[Path]:
+    plt, sns = _plt()
+    paths = []
+    data = curves[(curves.status == "completed") & curves.quantity.isin(PER_LAYER)]
+    for (suite, task, backbone, n), grp in data.groupby(["suite", "task", "backbone", "train_size"], sort=True):
+        # relaxed methods: a per-layer dual/slack, or a gamma that moves during training
+        methods = sorted(m for m, g in grp.groupby("method")
+                         if (g.quantity != "gamma").any() or g[g.quantity == "gamma"].value.nunique() > 1)
+        if not methods:
+            continue
+        quantities = [q for q in PER_LAYER if (grp[grp.method.isin(methods)].quantity == q).any()]
+        fig, axes = plt.subplots(len(quantities), len(methods), figsize=(3.2 * len(methods), 2.6 * len(quantities)),
+                                 squeeze=False, sharex=True)
+        for i, q in enumerate(quantities):
+            for j, method in enumerate(methods):
+                ax = axes[i][j]
+                part = grp[(grp.method == method) & (grp.quantity == q)]
+                if part.empty:
+                    ax.set_visible(False)
+                    continue
+                sns.lineplot(data=part, x="epoch", y="value", hue="layer", errorbar=None, ax=ax,
+                             legend=(i == 0 and j == len(methods) - 1))
+                ax.set_title(f"{method}: {q}_i" if i == 0 else f"{q}_i", fontsize=8)
+                ax.set_ylabel(q)
+        fig.suptitle(f"{task} / {backbone}, n = {n}: per-layer relaxation parameters (mean over seeds)")
+        paths += _save(fig, out, f"relaxation_parameters_{task}_{backbone}_n{n}")
+    return paths
+
+
+def layer_relaxation(diagnostics: pd.DataFrame, out: Path) -> list[Path]:
+    plt, sns = _plt()
+    paths = []
+    if diagnostics.empty:
+        return paths
+    for method, grp in diagnostics.groupby("method", sort=True):
+        if not (grp.quantity == "lambda").any():
+            continue
+        quantities = [q for q in ("lambda", "gamma", "u") if (grp.quantity == q).any()]
+        tasks = sorted(grp.task.unique())
+        fig, axes = plt.subplots(len(quantities), len(tasks), figsize=(4.2 * len(tasks), 2.6 * len(quantities)),
+                                 squeeze=False)
+        for j, task in enumerate(tasks):
+            for i, q in enumerate(quantities):
+                ax = axes[i][j]
+                part = grp[(grp.task == task) & (grp.quantity == q)].copy()
+                part["setting"] = part.backbone + ", n=" + part.train_size.astype(str)
+                sns.barplot(data=part, x="layer", y="value", hue="setting", errorbar="sd", ax=ax,
+                            legend=(i == 0 and j == len(tasks) - 1))
+                ax.set_ylabel(f"final {q}_i")
+                ax.set_title(task if i == 0 else "", fontsize=9)
+        fig.suptitle(f"{method}: which layers need relaxation (final values, mean ± sd over seeds)")
+        paths += _save(fig, out, f"layer_relaxation_{method}")
+    return paths
+
+
+def gamma_bar_errors(curves: pd.DataFrame, out: Path) -> list[Path]:
+    plt, sns = _plt()
+    paths = []
+    data = curves[curves.status == "completed"]
+    for (suite, task, backbone), grp in data.groupby(["suite", "task", "backbone"], sort=True):
+        keys = ["method", "train_size", "seed", "epoch"]
+        gbar = grp[grp.quantity == "gamma_bar"][keys + ["value"]].rename(columns={"value": "gamma_bar"})
+        trunc = grp[grp.quantity == "truncation_error"][keys + ["value"]].rename(columns={"value": "truncation"})
+        eq = grp[(grp.quantity == "equivariance_rel") & (grp.variant == "relaxed")][keys + ["value"]]
+        eq = eq.rename(columns={"value": "equivariance"})
+        merged = gbar.merge(trunc, on=keys, how="left").merge(eq, on=keys, how="left")
+        merged = merged[merged.gamma_bar > 0]
+        if merged.empty:
+            continue
+        methods = sorted(merged.method.unique())
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        for ax, (col, label) in zip(axes, (("truncation", "truncation error (validation)"),
+                                          ("equivariance", "equivariance error, relaxed (rel)"))):
+            part = merged[np.isfinite(merged[col]) & (merged[col] > 0)]
+            if part.empty:
+                ax.set_visible(False)
+                continue
+            sns.scatterplot(data=part, x="gamma_bar", y=col, hue="method", hue_order=methods, ax=ax, s=18,
+                            palette=_palette(methods), legend=False)
+            c = float((part[col] / part.gamma_bar).max())
+            log = _spans_decade(part.gamma_bar)
+            xs = np.geomspace(part.gamma_bar.min(), part.gamma_bar.max(), 50) if log \
+                else np.linspace(0.0, part.gamma_bar.max(), 50)
+            ax.plot(xs, c * xs, "--", color="grey", label=f"C·γ̄ with C = {c:.3g}")
+            if log:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax.set_xlabel("γ̄ = max_i |γ_i|")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=7, loc="lower right")
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=color, label=m)
+                   for m, color in _palette(methods).items()]
+        fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="method")
+        fig.suptitle(f"{task} / {backbone}: errors against γ̄ (every evaluation of every run)")
+        paths += _save(fig, out, f"gamma_bar_errors_{task}_{backbone}")
+    return paths
+
+
+def all_figures(runs: pd.DataFrame, curves: pd.DataFrame, diagnostics: pd.DataFrame, out: Path) -> list[Path]:
+    """Every figure the records support (a figure without data is skipped, not drawn empty)."""
+    out = Path(out)
+    paths = []
+    paths += sample_efficiency(runs, out)
+    paths += training_dynamics(curves, out)
+    paths += relaxation_parameters(curves, out)
+    paths += layer_relaxation(diagnostics, out)
+    paths += gamma_bar_errors(curves, out)
+    return paths
+

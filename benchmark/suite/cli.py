@@ -1,0 +1,142 @@
+"""``relaxbench suite run SPEC`` and ``relaxbench suite status SPEC``.
+
+This module is command-line glue: it plans and runs a suite with the rest of this package, then
+hands the records to :mod:`benchmark.report` for the suite's tables and figures.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+from benchmark.config import ConfigError
+from benchmark.suite.executors import EXECUTORS, available_cores, make_executor
+from benchmark.suite.runner import (cell_status, format_status, plan_suite, prepare_data, run_suite,
+                                    write_manifest)
+from benchmark.suite.spec import load_spec, shipped_suites
+
+__all__ = ["add_parser"]
+
+EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def _results(path: str) -> Path:
+    results = Path(path)
+    if results.exists() and not results.is_dir():
+        raise ConfigError(f"--results={path}: exists and is not a folder")
+    return results
+
+
+def _executor_options(spec, args) -> dict:
+    opts = dict(spec.executor)
+    for key in ("partition", "time", "cpus", "gpus", "mem", "account", "qos", "constraint"):
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    return opts
+
+
+def cmd_suite_run(args) -> int:
+    spec = load_spec(args.spec)
+    results = _results(args.results)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers={args.workers}: must be >= 1")
+    for key in ("time", "cpus", "gpus", "mem"):
+        value = getattr(args, key, None)
+        if value is not None and value < 0:
+            raise ConfigError(f"--{key}={value}: must be >= 0")
+    plan = plan_suite(spec, results, retry_failed=args.retry_failed)
+    counts = plan.counts()
+    workers = args.workers or (int(spec.executor.get("array_parallelism") or 32) if args.executor == "slurm"
+                               else available_cores())
+    state = ", ".join(f"{counts[s]} {s}" for s in ("completed", "diverged", "failed", "missing") if counts[s])
+    print(f"suite {spec.name}: {len(plan.runs)} runs ({state}); {len(plan.todo)} to run"
+          + ("" if args.dry_run else f" on {args.executor} with {workers} workers"), file=sys.stderr)
+    print(f"protocol: {spec.protocol}", file=sys.stderr)
+    if counts["failed"] and not args.retry_failed:
+        print(f"note: {counts['failed']} failed runs are kept as they are; rerun them with --retry-failed",
+              file=sys.stderr)
+    if args.dry_run:
+        if spec.overrides or spec.epochs:
+            shared = list(spec.overrides) + ([f"train.epochs={spec.epochs}"] if spec.epochs else [])
+            print("shared overrides: " + " ".join(shared))
+        for run in plan.todo:
+            extra = list(run.args.overrides[len(spec.overrides):])
+            print(f"{plan.states[run.run_id]:>8}  {run.run_id}" + (f"  {' '.join(extra)}" if extra else ""))
+        return 0
+
+    if plan.todo:
+        prepare_data(plan.todo, progress=not args.quiet)
+    write_manifest(spec, plan, results, ["relaxbench"] + list(getattr(args, "argv", []) or []))
+    after = None
+    if args.wandb:
+        from benchmark.report.wandb_logger import log_record_to_wandb
+        after = functools.partial(log_record_to_wandb, project=args.wandb_project or spec.wandb.get("project"),
+                                  entity=spec.wandb.get("entity"), suite=spec.name)
+    executor = make_executor(args.executor, results=results, workers=workers, after=after,
+                             options=_executor_options(spec, args))
+    try:
+        outcome = run_suite(plan, executor, progress=not args.quiet)
+    except KeyboardInterrupt:
+        done = sum(1 for run in plan.todo if (results / "runs" / f"{run.run_id}.json").is_file())
+        print(f"relaxbench: suite {spec.name} interrupted after {done} of {len(plan.todo)} runs; completed records "
+              "and checkpoints are kept: run the same command to finish the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"suite {spec.name}: ran {len(outcome.outcomes)} runs in {outcome.seconds:.0f}s"
+          + (f", {len(outcome.failed())} not completed" if outcome.failed() else ""), file=sys.stderr)
+
+    from benchmark.report import collect_suite, write_report
+    reports = write_report(collect_suite(spec, results), results / "reports", figures=not args.no_figures,
+                           suites=[spec.name])
+    for rep in reports:
+        sys.stdout.write(rep.markdown)
+        sys.stdout.flush()
+        print(f"tables and figures: {results / 'reports' / rep.suite}", file=sys.stderr)
+    failed = [o for o in outcome.outcomes.values() if o.status in ("failed", "error")]
+    return EXIT_RUN_FAILED if failed else 0
+
+
+def cmd_suite_status(args) -> int:
+    spec = load_spec(args.spec)
+    results = _results(args.results)
+    print(f"suite {spec.name} in {results}: protocol: {spec.protocol}")
+    print(format_status(cell_status(spec, results)))
+    return 0
+
+
+def add_parser(sub) -> None:
+    shipped = ", ".join(shipped_suites())
+    p = sub.add_parser("suite", help="run a grid of runs (a suite) or show its status")
+    ssub = p.add_subparsers(dest="suite_command", metavar="SUBCOMMAND", parser_class=type(p))
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    r = ssub.add_parser("run", help="run every missing run of a suite, then print its table")
+    r.add_argument("spec", metavar="SPEC", help=f"a shipped suite ({shipped}) or a YAML file")
+    r.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
+    r.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local process pool, submitit's local processes, or Slurm through submitit")
+    r.add_argument("--workers", type=int, default=None,
+                   help="runs at once (default: the cores here; slurm: the array parallelism, 32)")
+    r.add_argument("--dry-run", action="store_true", help="list what would run and stop")
+    r.add_argument("--retry-failed", action="store_true", help="rerun runs whose record says failed")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--no-figures", action="store_true", help="write tables only")
+    r.add_argument("--wandb", action="store_true", help="log every run to W&B (offline without an API key)")
+    r.add_argument("--wandb-project", default=None, help="W&B project (default: the spec's, else relaxbench)")
+    g = r.add_argument_group("cluster resources (slurm; override the spec's executor section)")
+    g.add_argument("--partition", default=None)
+    g.add_argument("--time", type=int, default=None, help="minutes per run")
+    g.add_argument("--cpus", type=int, default=None, help="CPUs per run (also its torch threads)")
+    g.add_argument("--gpus", type=int, default=None, help="GPUs per run")
+    g.add_argument("--mem", type=float, default=None, help="memory per run, GB")
+    g.add_argument("--account", default=None)
+    g.add_argument("--qos", default=None)
+    g.add_argument("--constraint", default=None)
+    r.set_defaults(func=cmd_suite_run)
+
+    s = ssub.add_parser("status", help="per cell: completed / diverged / failed / missing runs")
+    s.add_argument("spec", metavar="SPEC", help=f"a shipped suite ({shipped}) or a YAML file")
+    s.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
+    s.set_defaults(func=cmd_suite_status)

@@ -1,0 +1,179 @@
+"""Running a suite: which runs are done, which to run, progress, and the suite's status.
+
+Guarantees
+----------
+* A run is skipped when its record exists with the same configuration hash and status
+  ``completed`` or ``diverged`` (a divergence is a result: the same configuration diverges again).
+  A ``failed`` run is rerun only with ``retry_failed``; a missing one always runs, resuming from
+  its checkpoint when an earlier attempt was interrupted.
+* Task data are prepared once, in this process, before any worker starts, so workers never
+  generate the same data cache concurrently.
+* Ctrl-C stops the workers; completed records stay, interrupted runs keep their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from benchmark.record import read_record, record_path, write_json_atomic
+from benchmark.suite.spec import Cell, PlannedRun, Spec
+
+__all__ = ["Plan", "plan_suite", "prepare_data", "run_suite", "cell_status", "format_status",
+           "write_manifest", "SuiteResult", "STATES"]
+
+STATES = ("completed", "diverged", "failed", "missing")
+
+
+def existing_status(results: Path, run: PlannedRun) -> str:
+    """``completed``/``diverged``/``failed`` from the run's record, or ``missing``."""
+    path = record_path(results, run.cfg)
+    if not path.is_file():
+        return "missing"
+    try:
+        record = read_record(path)
+    except (OSError, ValueError):
+        return "missing"
+    if (record.get("config") or {}).get("hash") != run.cfg.hash or record.get("status") not in STATES:
+        return "missing"
+    return record["status"]
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    runs: list[PlannedRun]
+    states: dict[str, str]                  # run_id -> state before running
+    todo: list[PlannedRun]
+
+    def counts(self) -> Counter:
+        return Counter(self.states.values())
+
+
+def plan_suite(spec: Spec, results: Path, *, retry_failed: bool = False) -> Plan:
+    runs = spec.runs()
+    states = {run.run_id: existing_status(results, run) for run in runs}
+    rerun = {"missing", "failed"} if retry_failed else {"missing"}
+    todo = [run for run in runs if states[run.run_id] in rerun]
+    return Plan(spec, runs, states, todo)
+
+
+def prepare_data(runs: list[PlannedRun], *, progress: bool = True) -> int:
+    """Build the task of each distinct task configuration once (generating its data if needed)."""
+    from benchmark.registry import TASKS
+    from benchmark.train import DTYPES
+    seen = set()
+    for run in runs:
+        cfg = run.cfg
+        key = (cfg.task, repr(cfg.task_cfg), cfg.train.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        task_cls = TASKS.get(cfg.task).obj
+        kwargs = {"progress": progress} if "progress" in task_cls.__init__.__code__.co_varnames else {}
+        task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=DTYPES[cfg.train.dtype], **kwargs)
+    return len(seen)
+
+
+def write_manifest(spec: Spec, plan: Plan, results: Path, command: list[str]) -> Path:
+    """``<results>/suites/<name>.json``: the suite's protocol, headlines and run ids."""
+    data = {**spec.summary(), "runs": [run.run_id for run in plan.runs], "command": command}
+    return write_json_atomic(Path(results) / "suites" / f"{spec.name}.json", data)
+
+
+@dataclass
+class SuiteResult:
+    outcomes: dict = field(default_factory=dict)       # run_id -> Outcome
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def failed(self) -> list:
+        return [o for o in self.outcomes.values() if o.status != "completed"]
+
+
+class _Progress:
+    """One bar over the suite: runs done, running, failed, estimated time left."""
+
+    def __init__(self, total: int, name: str, skipped: int, enabled: bool):
+        self.running = 0
+        self.failed = 0
+        self.skipped = skipped
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc=f"suite {name}", unit="run", file=sys.stderr, dynamic_ncols=True)
+            self._postfix()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"running={self.running} failed={self.failed} skipped={self.skipped}")
+
+    def started(self, job) -> None:
+        self.running += 1
+        self._postfix()
+
+    def finished(self, job, outcome) -> None:
+        self.running = max(0, self.running - 1)
+        if outcome.status != "completed":
+            self.failed += 1
+            if self.bar is not None:
+                self.bar.write(f"{job.run_id}: {outcome.status} ({outcome.reason})", file=sys.stderr)
+        self._postfix()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_suite(plan: Plan, executor, *, progress: bool = True,
+              on_finished: Callable | None = None) -> SuiteResult:
+    """Run ``plan.todo`` on ``executor`` with a progress bar; Ctrl-C propagates after cleanup."""
+    result = SuiteResult()
+    bar = _Progress(len(plan.todo), plan.spec.name, len(plan.runs) - len(plan.todo), progress)
+    start = time.perf_counter()
+
+    def finished(job, outcome):
+        result.outcomes[job.run_id] = outcome
+        bar.finished(job, outcome)
+        if on_finished is not None:
+            on_finished(job, outcome)
+
+    try:
+        if plan.todo:
+            executor.run(plan.todo, bar.started, finished)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        raise
+    finally:
+        bar.close()
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+# -- status -------------------------------------------------------------------------------------
+def cell_status(spec: Spec, results: Path) -> dict[Cell, Counter]:
+    """Per cell: how many seeds are completed / diverged / failed / missing."""
+    out: dict[Cell, Counter] = {}
+    for run in spec.runs():
+        out.setdefault(run.cell, Counter())[existing_status(results, run)] += 1
+    return out
+
+
+def format_status(status: dict[Cell, Counter]) -> str:
+    headers = ("task", "backbone", "method", "train size") + STATES
+    rows = [(c.task, c.backbone, c.method, str(c.train_size)) + tuple(str(n[s]) for s in STATES)
+            for c, n in status.items()]
+    total = Counter()
+    for n in status.values():
+        total.update(n)
+    rows.append(("total", "", "", "") + tuple(str(total[s]) for s in STATES))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])

@@ -1,0 +1,341 @@
+"""Suite specifications: a YAML file describing a grid of benchmark runs.
+
+A specification is read with ``yaml.safe_load`` and checked before anything runs. Its keys::
+
+    name: quick                      # the suite's name (default: the file's stem)
+    protocol: "nbody 1000/500/500, egnn h32, 30 epochs"   # the label printed under every table
+    description: "..."               # optional free text
+    grid:
+      tasks: [nbody]
+      backbones: [egnn]
+      methods: "*"                   # names or shell-style patterns; "*" is every registered method
+      train_sizes: [500]
+      seeds: [0, 1, 2]
+    overrides: [train.eval_every=5]  # key=value for every run, as on the command line
+    epochs: 30                       # optional shorthand for train.epochs
+    preset: null                     # optional named preset of the task/backbone
+    cells:                           # optional per-cell overrides, applied after the shared ones
+      - where: {method: "ace-*"}     # keys: task, backbone, method, train_size, seed (value or list)
+        overrides: [method.dual_lr=1e-3]
+    headline: declared               # or {method: variant}: the variant each method is ranked by
+    reference: strict                # the method the significance tests compare against
+    wandb: {project: relaxbench}     # optional
+    executor: {partition: gpu, time: 60, cpus: 2, gpus: 0, mem: 8}   # optional, for slurm
+
+Every error names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from benchmark.config import ConfigError
+from benchmark.experiment import RunConfig, resolve
+from benchmark.registry import BACKBONES, METHODS, TASKS, UnknownNameError
+
+__all__ = ["Spec", "SpecError", "PlannedRun", "Cell", "RunArgs", "load_spec", "shipped_suites",
+           "parse_spec", "EXECUTOR_KEYS"]
+
+TOP_KEYS = ("name", "protocol", "description", "grid", "overrides", "epochs", "preset", "cells",
+            "headline", "reference", "wandb", "executor")
+GRID_KEYS = ("tasks", "backbones", "methods", "train_sizes", "seeds")
+WHERE_KEYS = ("task", "backbone", "method", "train_size", "seed")
+EXECUTOR_KEYS = ("partition", "time", "cpus", "gpus", "mem", "array_parallelism", "account", "qos",
+                 "constraint")
+
+
+class SpecError(ConfigError):
+    """A suite specification that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of a suite's tables: everything but the seed."""
+
+    task: str
+    backbone: str
+    method: str
+    train_size: int
+
+    def label(self) -> str:
+        return f"{self.task}/{self.backbone}/{self.method}/n{self.train_size}"
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """The picklable arguments that rebuild a run's configuration in another process."""
+
+    task: str
+    backbone: str
+    method: str
+    seed: int
+    train_size: int
+    overrides: tuple[str, ...]
+    preset: str | None
+    epochs: int | None
+    hash: str
+
+    def resolve(self) -> RunConfig:
+        cfg = resolve(self.task, self.backbone, self.method, seed=self.seed, train_size=self.train_size,
+                      overrides=list(self.overrides), preset=self.preset, epochs=self.epochs)
+        if cfg.hash != self.hash:
+            raise RuntimeError(f"{cfg.run_id}: configuration hash {cfg.hash} differs from the planned "
+                               f"{self.hash}; the code or registry changed between planning and running")
+        return cfg
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    cell: Cell
+    seed: int
+    cfg: RunConfig
+    args: RunArgs
+
+    @property
+    def run_id(self) -> str:
+        return self.cfg.run_id
+
+
+@dataclass
+class Spec:
+    """A validated suite specification."""
+
+    name: str
+    protocol: str
+    source: str                      # a shipped suite's name or the file's path
+    path: Path
+    tasks: list[str]
+    backbones: list[str]
+    methods: list[str]
+    train_sizes: list[int]
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+    epochs: int | None = None
+    preset: str | None = None
+    cells: list[dict] = field(default_factory=list)
+    headline: dict[str, str] = field(default_factory=dict)
+    reference: str = "strict"
+    description: str = ""
+    wandb: dict = field(default_factory=dict)
+    executor: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    # -- grid -----------------------------------------------------------------------------------
+    def grid_cells(self) -> list[Cell]:
+        return [Cell(t, b, m, n) for t, b, m, n in
+                itertools.product(self.tasks, self.backbones, self.methods, self.train_sizes)]
+
+    def overrides_for(self, cell: Cell, seed: int) -> list[str]:
+        out = list(self.overrides)
+        values = {"task": cell.task, "backbone": cell.backbone, "method": cell.method,
+                  "train_size": cell.train_size, "seed": seed}
+        for rule in self.cells:
+            if all(_matches(values[k], v) for k, v in rule["where"].items()):
+                out.extend(rule["overrides"])
+        return out
+
+    def runs(self) -> list[PlannedRun]:
+        """Every run of the grid, resolved and validated (cells in grid order, seeds innermost)."""
+        planned = []
+        for cell in self.grid_cells():
+            for seed in self.seeds:
+                overrides = self.overrides_for(cell, seed)
+                try:
+                    cfg = resolve(cell.task, cell.backbone, cell.method, seed=seed, train_size=cell.train_size,
+                                  overrides=overrides, preset=self.preset, epochs=self.epochs)
+                except ConfigError as exc:
+                    raise SpecError(f"{self.path}: cell {cell.label()} seed={seed}: {exc}") from None
+                args = RunArgs(cell.task, cell.backbone, cell.method, seed, cell.train_size, tuple(overrides),
+                               self.preset, self.epochs, cfg.hash)
+                planned.append(PlannedRun(cell, seed, cfg, args))
+        return planned
+
+    def headline_of(self, method: str) -> str:
+        """The variant ``method`` is ranked by in this suite."""
+        if method in self.headline:
+            return self.headline[method]
+        return METHODS.get(method).obj.variants[0]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (written to the suite's manifest)."""
+        return {"name": self.name, "protocol": self.protocol, "source": self.source,
+                "description": self.description, "tasks": self.tasks, "backbones": self.backbones,
+                "methods": self.methods, "train_sizes": self.train_sizes, "seeds": self.seeds,
+                "overrides": self.overrides, "epochs": self.epochs, "preset": self.preset, "cells": self.cells,
+                "headline": {m: self.headline_of(m) for m in self.methods}, "reference": self.reference}
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    options = wanted if isinstance(wanted, list) else [wanted]
+    for option in options:
+        if isinstance(value, str) and isinstance(option, str):
+            if fnmatch.fnmatchcase(value, option):
+                return True
+        elif value == option:
+            return True
+    return False
+
+
+# -- locating a specification -------------------------------------------------------------------
+def _specs_dir():
+    return resources.files("benchmark.suite") / "specs"
+
+
+def shipped_suites() -> list[str]:
+    """Names of the suites shipped with the package."""
+    return sorted(p.name[:-5] for p in _specs_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(spec: str | Path) -> Spec:
+    """A shipped suite by name, or a YAML file by path."""
+    text = str(spec)
+    path = Path(text)
+    if text in shipped_suites() and not path.is_file():
+        res = _specs_dir() / f"{text}.yaml"
+        return parse_spec(yaml.safe_load(res.read_text()), path=Path(str(res)), source=text)
+    if not path.is_file():
+        raise SpecError(f"suite {text!r}: neither a shipped suite nor a file; shipped suites: "
+                        + ", ".join(shipped_suites()) + " (or give the path to a .yaml file)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_spec(data, path=path, source=str(path))
+
+
+# -- validation ---------------------------------------------------------------------------------
+def _err(path: Path, key: str, msg: str) -> SpecError:
+    return SpecError(f"{path}: {key}: {msg}")
+
+
+def _names(value: Any, registry, path: Path, key: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, str) for v in items):
+        raise _err(path, key, f"expected a name, a pattern or a list of them, got {value!r}; "
+                              f"allowed: {', '.join(registry.list())}")
+    out: list[str] = []
+    for item in items:
+        if any(ch in item for ch in "*?["):
+            found = registry.list(item)
+            if not found:
+                raise _err(path, key, f"pattern {item!r} matches no {registry.kind}; allowed: "
+                                      + ", ".join(registry.list()))
+        else:
+            try:
+                registry.get(item)
+            except UnknownNameError as exc:
+                raise _err(path, key, str(exc)) from None
+            found = [item]
+        out.extend(n for n in found if n not in out)
+    return out
+
+
+def _ints(value: Any, path: Path, key: str, minimum: int) -> list[int]:
+    items = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(items, list) or not items or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                          and v >= minimum for v in items):
+        raise _err(path, key, f"expected an integer >= {minimum} or a non-empty list of them, got {value!r}")
+    if len(set(items)) != len(items):
+        raise _err(path, key, f"repeated values in {items}")
+    return list(items)
+
+
+def _overrides(value: Any, path: Path, key: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
+        raise _err(path, key, f"expected a list of 'key=value' strings, got {value!r}")
+    return list(value)
+
+
+def _check_keys(data: Mapping, allowed: tuple[str, ...], path: Path, where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise _err(path, f"{where}{key}", f"unknown key; allowed: {', '.join(allowed)}")
+
+
+def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = None) -> Spec:
+    """Validate a loaded YAML document and return a :class:`Spec`."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping with keys {', '.join(TOP_KEYS)}, got {type(data).__name__}")
+    _check_keys(data, TOP_KEYS, path, "")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
+        raise _err(path, "name", f"expected a name without spaces or slashes, got {name!r}")
+    protocol = data.get("protocol")
+    if not isinstance(protocol, str) or not protocol.strip():
+        raise _err(path, "protocol", "required: a one-line label of the protocol (data, schedule, model)")
+    grid = data.get("grid")
+    if not isinstance(grid, dict):
+        raise _err(path, "grid", f"required: a mapping with keys {', '.join(GRID_KEYS)}")
+    _check_keys(grid, GRID_KEYS, path, "grid.")
+    for key in GRID_KEYS:
+        if key not in grid:
+            raise _err(path, f"grid.{key}", "required")
+    tasks = _names(grid["tasks"], TASKS, path, "grid.tasks")
+    backbones = _names(grid["backbones"], BACKBONES, path, "grid.backbones")
+    methods = _names(grid["methods"], METHODS, path, "grid.methods")
+    train_sizes = _ints(grid["train_sizes"], path, "grid.train_sizes", 1)
+    seeds = _ints(grid["seeds"], path, "grid.seeds", 0)
+    overrides = _overrides(data.get("overrides"), path, "overrides")
+
+    epochs = data.get("epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
+        raise _err(path, "epochs", f"expected an integer >= 1, got {epochs!r}")
+    preset = data.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise _err(path, "preset", f"expected a preset name, got {preset!r}")
+
+    cells = []
+    for i, rule in enumerate(data.get("cells") or []):
+        key = f"cells[{i}]"
+        if not isinstance(rule, dict):
+            raise _err(path, key, "expected a mapping with keys where, overrides")
+        _check_keys(rule, ("where", "overrides"), path, key + ".")
+        where = rule.get("where")
+        if not isinstance(where, dict) or not where:
+            raise _err(path, key + ".where", f"expected a mapping with keys among {', '.join(WHERE_KEYS)}")
+        _check_keys(where, WHERE_KEYS, path, key + ".where.")
+        cells.append({"where": dict(where), "overrides": _overrides(rule.get("overrides"), path, key + ".overrides")})
+
+    headline_raw = data.get("headline", "declared")
+    headline: dict[str, str] = {}
+    if headline_raw != "declared":
+        if not isinstance(headline_raw, dict):
+            raise _err(path, "headline", f"expected 'declared' or a mapping method: variant, got {headline_raw!r}")
+        for method, variant in headline_raw.items():
+            if method not in methods:
+                raise _err(path, f"headline.{method}", f"not a method of this suite; allowed: {', '.join(methods)}")
+            variants = tuple(METHODS.get(method).obj.variants)
+            if variant not in variants:
+                raise _err(path, f"headline.{method}", f"unknown variant {variant!r}; allowed: {', '.join(variants)}")
+            headline[method] = variant
+
+    reference = data.get("reference", "strict")
+    if not isinstance(reference, str) or reference not in METHODS:
+        raise _err(path, "reference", f"unknown method {reference!r}; allowed: {', '.join(METHODS.list())}")
+
+    for key in ("wandb", "executor"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise _err(path, key, f"expected a mapping, got {data[key]!r}")
+    wandb = dict(data.get("wandb") or {})
+    _check_keys(wandb, ("project", "entity"), path, "wandb.")
+    executor = dict(data.get("executor") or {})
+    _check_keys(executor, EXECUTOR_KEYS, path, "executor.")
+
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise _err(path, "description", "expected text")
+    return Spec(name=name, protocol=" ".join(protocol.split()), source=source or str(path), path=path,
+                tasks=tasks, backbones=backbones, methods=methods, train_sizes=train_sizes, seeds=seeds,
+                overrides=overrides, epochs=epochs, preset=preset, cells=cells, headline=headline,
+                reference=reference, description=description.strip(), wandb=wandb, executor=executor,
+                raw=data)

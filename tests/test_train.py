@@ -1,0 +1,88 @@
+"""The train loop: valid records, determinism under a seed, resume equal to no interruption,
+diverged and failed runs recorded with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmark.record import iter_records, validate_record
+from benchmark.train import RunInterrupted, train
+
+VOLATILE = ("timing", "provenance")
+
+
+def _stable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in VOLATILE}
+
+
+def test_short_run_writes_valid_record(tiny_config, tmp_path):
+    cfg = tiny_config("unconstrained", epochs=4, extra=["train.eval_every=2"])
+    record, path = train(cfg, results=tmp_path, progress=False)
+    validate_record(json.loads(path.read_text()))
+    assert record["status"] == "completed"
+    assert set(record["variants"]) == {"relaxed", "projected"}
+    assert [row["epoch"] for row in record["curves"]] == [2, 4]
+    assert record["config"]["hash"] == cfg.hash
+    assert path.name == f"n48-seed0-{cfg.hash}.json"
+    assert record["diagnostics"]["gamma"] == [1.0, 1.0]
+    assert record["params"] > 0 and record["timing"]["median_step_seconds"] > 0
+    # the checkpoint of a completed run is removed; the record is the only output
+    assert not list((tmp_path / "checkpoints").rglob("*.pt"))
+
+
+def test_projected_variant_is_equivariant_and_best_epoch_is_the_best(tiny_config, tmp_path):
+    cfg = tiny_config("unconstrained", epochs=6, extra=["train.eval_every=2"])
+    record, _ = train(cfg, results=tmp_path, progress=False)
+    proj = record["variants"]["projected"]
+    assert proj["equivariance"]["rel"] < 1e-5          # float32 round-off
+    assert record["variants"]["relaxed"]["equivariance"]["rel"] > 1e-3
+    for variant, summary in record["variants"].items():
+        vals = {row["epoch"]: row[variant]["val_metric"] for row in record["curves"]}
+        assert summary["best_epoch"] == min(vals, key=vals.get)
+        assert summary["val_metric"] == vals[summary["best_epoch"]]
+
+
+def test_same_seed_same_numbers(tiny_config, tmp_path):
+    cfg = tiny_config("unconstrained", epochs=3)
+    a, _ = train(cfg, results=tmp_path / "a", progress=False)
+    b, _ = train(cfg, results=tmp_path / "b", progress=False)
+    assert _stable(a) == _stable(b)
+    other, _ = train(tiny_config("unconstrained", epochs=3, seed=1), results=tmp_path / "c", progress=False)
+    assert other["variants"]["relaxed"]["test_metric"] != a["variants"]["relaxed"]["test_metric"]
+
+
+@pytest.mark.parametrize("method", ["strict", "unconstrained"])
+def test_resume_equals_uninterrupted(tiny_config, tmp_path, method):
+    cfg = tiny_config(method, epochs=6, extra=["train.eval_every=2"])
+    full, _ = train(cfg, results=tmp_path / "full", progress=False)
+
+    def stop_at_4(epoch, row):
+        if epoch == 4:
+            raise RunInterrupted()
+    with pytest.raises(RunInterrupted):
+        train(cfg, results=tmp_path / "cut", progress=False, on_evaluation=stop_at_4)
+    assert list((tmp_path / "cut" / "checkpoints").rglob("*.pt"))
+    assert not list(iter_records(tmp_path / "cut"))       # no record for an unfinished run
+    resumed, _ = train(cfg, results=tmp_path / "cut", progress=False)
+    assert resumed["timing"]["epochs"] == 6
+    assert _stable(resumed) == _stable(full)
+
+
+def test_divergence_is_recorded(tiny_config, tmp_path):
+    cfg = tiny_config("unconstrained", epochs=2, extra=["train.lr=1e6", "train.divergence_threshold=10"])
+    record, path = train(cfg, results=tmp_path, progress=False)
+    assert record["status"] == "diverged"
+    assert "training loss" in record["reason"]
+    validate_record(json.loads(path.read_text()))
+
+
+def test_failure_is_recorded(tiny_config, tmp_path, monkeypatch):
+    import benchmark.train as train_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(train_mod, "evaluate_variant", broken)
+    record, _ = train(tiny_config("strict", epochs=1), results=tmp_path, progress=False)
+    assert record["status"] == "failed" and "RuntimeError: boom" in record["reason"]

@@ -2,6 +2,7 @@
 
 The train loop calls, in order, for every run::
 
+    method.seed = seed                           # the run's seed (for the method's own generators)
     method.attach(model, task, train_cfg)        # once, before the optimiser is built
     method.param_groups(model, train_cfg)        # the primal optimiser's parameter groups
     for epoch in range(epochs):

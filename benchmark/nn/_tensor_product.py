@@ -10,12 +10,13 @@ exists, since no output is ``1e``). With attributes ``a = (a0, a1)`` (a scalar a
     0e x 1o -> 1o    v'_w += c W_uw s_u a1
     1o x 0e -> 1o    v'_w += c W_uw v_u a0
 
-where ``c`` is e3nn's path normalisation times the Clebsch-Gordan constant
-(``o3.wigner_3j``). Merging the blocks of each kind turns the whole product into two dense
-matrix products, ``s @ A`` and ``v @ B``, and a few broadcasts with ``a0`` and ``a1``: no
-per-sample generic kernel. :class:`TensorProductL1` keeps its weights in e3nn's own flat layout
-(``weight``, the vector e3nn's ``FullyConnectedTensorProduct`` takes as its ``weight``
-argument), so an e3nn implementation can use the very same parameters.
+where ``c`` is e3nn's path normalisation times the Clebsch-Gordan constant (``o3.wigner_3j``,
+read from e3nn). Merging the blocks of each kind turns the whole product into four dense matrix
+products over channels and a few broadcasts with ``a1``: no per-sample generic kernel, and the
+contraction with ``a1`` comes before the channel product of the ``1o x 1o -> 0e`` paths (three
+times fewer multiplications). :class:`TensorProductL1` stores e3nn's weights merged into one
+matrix, a fixed permutation of e3nn's flat weight vector (:meth:`TensorProductL1.e3nn_weight`), so
+an e3nn implementation can use the very same parameters.
 
 Feature layout: a pair ``(s, v)``, scalars ``s`` of shape ``(..., C0)`` and vectors ``v`` of
 shape ``(..., 3, C1)`` (component first, so a product over channels is a plain matmul), vector
@@ -25,9 +26,8 @@ components in e3nn's basis of ``1o`` (Cartesian x, y, z in e3nn 0.5 and later).
 Examples
 --------
 >>> tp = TensorProductL1("4x0e + 2x1o", "3x0e + 1x1o")
->>> s, v = torch.randn(10, 4), torch.randn(10, 3, 2)
->>> a0, a1 = torch.ones(10, 1), torch.randn(10, 3)
->>> s2, v2 = tp(s, v, a0, a1)
+>>> s, v, a1 = torch.randn(10, 4), torch.randn(10, 3, 2), torch.randn(10, 3)
+>>> s2, v2 = tp(s, v, a1)
 >>> tuple(s2.shape), tuple(v2.shape)
 ((10, 3), (10, 3, 1))
 """
@@ -43,7 +43,7 @@ from e3nn.math import normalize2mom
 from torch import nn
 
 __all__ = ["ATTR_IRREPS", "TensorProductL1", "GateL1", "weight_balanced_irreps", "to_flat", "from_flat",
-           "split_channels", "gate_irreps", "sh_l1", "cartesian_to_e3nn", "e3nn_to_cartesian"]
+           "split_channels", "gate_irreps", "dot", "sh_l1", "cartesian_to_e3nn", "e3nn_to_cartesian"]
 
 SCALAR = o3.Irrep("0e")
 VECTOR = o3.Irrep("1o")
@@ -143,7 +143,8 @@ def weight_balanced_irreps(width: int, lmax: int = 1, attr=ATTR_IRREPS) -> o3.Ir
         raise ValueError(f"width={width}: expected >= 1")
 
     def count(irreps) -> int:
-        return o3.FullyConnectedTensorProduct(irreps, attr, irreps, internal_weights=False).weight_numel
+        return o3.FullyConnectedTensorProduct(irreps, attr, irreps, internal_weights=False,
+                                              compile_left_right=False).weight_numel
 
     target = count(o3.Irreps(f"{width}x0e"))
     kinds = [o3.Irrep(l, (-1) ** l) for l in range(lmax + 1)]
@@ -159,47 +160,55 @@ def weight_balanced_irreps(width: int, lmax: int = 1, attr=ATTR_IRREPS) -> o3.Ir
 
 
 class TensorProductL1(nn.Module):
-    """``FullyConnectedTensorProduct(irreps_in, 1x0e + 1x1o, irreps_out)`` (e3nn's normalisation)
-    as two dense matrix products, plus a bias on the scalar outputs.
+    """``FullyConnectedTensorProduct(irreps_in, 1x0e + 1x1o, irreps_out)`` (e3nn's paths and
+    normalisation) as dense matrix products, plus a bias on the scalar outputs.
+
+    The ``l = 0`` attribute is a constant ``attr0`` (SEGNN's are: ``1/sqrt(4 pi)`` for the
+    spherical harmonics of an edge, ``1`` for node attributes), folded into the kernel; the
+    ``l = 1`` attribute ``a1`` is an input.
 
     Parameters
     ----------
     irreps_in, irreps_out
         ``0e`` and ``1o`` blocks only (in any order; scalars and vectors are merged in order).
+    attr0 : float
+        The constant ``l = 0`` component of the attributes.
     bias : bool
         Add a learnable bias (initialised to 0) to every ``0e`` output.
 
     Attributes
     ----------
-    weight : (weight_numel,)
-        Exactly e3nn's flat weight vector of the product (initialised N(0, 1) as e3nn does).
+    weight : (C0_in + C1_in, C0_out + C1_out)
+        e3nn's weights of every path, merged: row ``u`` (scalar inputs, then vector inputs),
+        column ``w`` (scalar outputs, then vector outputs) holds the weight ``W_uw`` of the one
+        path between them. A permutation of e3nn's flat weight vector (:meth:`e3nn_weight`),
+        initialised N(0, 1) as e3nn does.
     """
 
-    def __init__(self, irreps_in, irreps_out, *, bias: bool = True):
+    def __init__(self, irreps_in, irreps_out, *, attr0: float = 1.0, bias: bool = True):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
+        self.attr0 = float(attr0)
         _check_irreps(self.irreps_in, "irreps_in")
         _check_irreps(self.irreps_out, "irreps_out")
-        tp = o3.FullyConnectedTensorProduct(self.irreps_in, ATTR_IRREPS, self.irreps_out,
-                                            shared_weights=True, internal_weights=False)
+        # only e3nn's instructions (paths, normalisation, weight layout) are needed: skip its codegen
+        tp = o3.FullyConnectedTensorProduct(self.irreps_in, ATTR_IRREPS, self.irreps_out, shared_weights=True,
+                                            internal_weights=False, compile_left_right=False)
         self.cs_in, self.cv_in = split_channels(self.irreps_in)
         self.cs_out, self.cv_out = split_channels(self.irreps_out)
-        self.weight = nn.Parameter(torch.randn(tp.weight_numel))
-        self.bias = nn.Parameter(torch.zeros(self.cs_out)) if bias and self.cs_out else None
 
-        def offsets(irreps):
+        def offsets(irreps, n_scalars):
             out, n0, n1 = [], 0, 0
             for mul, ir in irreps:
-                out.append(n0 if ir == SCALAR else n1)
+                out.append(n0 if ir == SCALAR else n_scalars + n1)
                 n0, n1 = (n0 + mul, n1) if ir == SCALAR else (n0, n1 + mul)
             return out
 
-        off_in, off_out = offsets(self.irreps_in), offsets(self.irreps_out)
-        cols = self.cs_out + self.cv_out
-        rows = self.cs_in + self.cv_in
-        index = torch.zeros(rows * cols, dtype=torch.long)
-        coef = torch.zeros(rows * cols, dtype=torch.float64)
+        off_in, off_out = offsets(self.irreps_in, self.cs_in), offsets(self.irreps_out, self.cs_out)
+        rows, cols = self.cs_in + self.cv_in, self.cs_out + self.cv_out
+        to_e3nn = torch.full((tp.weight_numel,), -1, dtype=torch.long)
+        coef = torch.zeros(rows, cols, dtype=torch.float64)
         start = 0
         for ins in tp.instructions:
             mul_in, ir_in = self.irreps_in[ins.i_in1]
@@ -207,45 +216,75 @@ class TensorProductL1(nn.Module):
             mul_out, ir_out = self.irreps_out[ins.i_out]
             cg = o3.wigner_3j(ir_in.l, ir_attr.l, ir_out.l, dtype=torch.float64)
             const = cg.flatten()[0].item()       # every l <= 1 coefficient here is const * delta
-            r = (off_in[ins.i_in1] if ir_in == SCALAR else self.cs_in + off_in[ins.i_in1]) + torch.arange(mul_in)
-            c = (off_out[ins.i_out] if ir_out == SCALAR else self.cs_out + off_out[ins.i_out]) + torch.arange(mul_out)
-            pos = (r[:, None] * cols + c[None, :]).flatten()
+            if not torch.allclose(cg, const * _delta_pattern(ir_in.l, ir_attr.l, ir_out.l), atol=1e-12):
+                raise AssertionError(f"unexpected Clebsch-Gordan coefficients for {ir_in} x {ir_attr} -> {ir_out}")
+            if ir_attr.l == 0:
+                const *= self.attr0
+            r = off_in[ins.i_in1] + torch.arange(mul_in)
+            c = off_out[ins.i_out] + torch.arange(mul_out)
             n = mul_in * mul_out                 # e3nn's path weight has shape (mul_in, 1, mul_out)
-            index[pos] = start + torch.arange(n)
-            coef[pos] = ins.path_weight * const
+            to_e3nn[start:start + n] = (r[:, None] * cols + c[None, :]).flatten()
+            coef[r[:, None], c[None, :]] = ins.path_weight * const
             start += n
-        assert start == tp.weight_numel
+        if start != rows * cols or bool((to_e3nn < 0).any()):
+            raise AssertionError("every (input, output) channel pair must be exactly one path")
+        self.weight = nn.Parameter(torch.randn(rows, cols))
+        self.bias = nn.Parameter(torch.zeros(self.cs_out)) if bias and self.cs_out else None
         # plain attributes, not buffers: ``module.to(float32)`` must not round the float64 constants
-        self._index = index
+        self._to_e3nn = to_e3nn
         self._coef = coef
         self._consts: dict = {}
 
     def extra_repr(self) -> str:
-        return f"{self.irreps_in} x {ATTR_IRREPS} -> {self.irreps_out}"
+        return f"{self.irreps_in} x {ATTR_IRREPS} -> {self.irreps_out}, attr0={self.attr0:.6g}"
 
-    def kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The merged matrices ``A`` (scalar rows) and ``B`` (vector rows), each with the scalar
-        output columns first and the vector output columns after, normalisation included."""
+    @property
+    def weight_numel(self) -> int:
+        return self.weight.numel()
+
+    def e3nn_weight(self) -> torch.Tensor:
+        """The weights in e3nn's flat layout (differentiable): the ``weight`` argument of
+        ``FullyConnectedTensorProduct(irreps_in, 1x0e + 1x1o, irreps_out, shared_weights=True,
+        internal_weights=False)``."""
+        return self.weight.flatten()[self._to_e3nn.to(self.weight.device)]
+
+    @torch.no_grad()
+    def load_e3nn_weight(self, flat: torch.Tensor) -> None:
+        """Set the weights from e3nn's flat layout."""
+        self.weight.view(-1)[self._to_e3nn.to(self.weight.device)] = flat.to(self.weight)
+
+    def kernels(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(A0, A1, B0, B1)``: scalar inputs to scalar / vector outputs, vector inputs to scalar
+        / vector outputs; normalisation, Clebsch-Gordan constants and ``attr0`` included."""
         key = (self.weight.dtype, self.weight.device)
         if key not in self._consts:
-            self._consts[key] = (self._index.to(self.weight.device), self._coef.to(self.weight.device, self.weight.dtype))
-        index, coef = self._consts[key]
-        K = (self.weight[index] * coef).view(self.cs_in + self.cv_in, self.cs_out + self.cv_out)
-        return K[:self.cs_in], K[self.cs_in:]
+            self._consts[key] = self._coef.to(self.weight.device, self.weight.dtype)
+        K = self.weight * self._consts[key]
+        i, o = self.cs_in, self.cs_out
+        return K[:i, :o], K[:i, o:], K[i:, :o], K[i:, o:]
 
-    def combine(self, sa: torch.Tensor, vb: torch.Tensor, a0, a1: torch.Tensor):
-        """Outputs from ``sa = s @ A`` (``(..., C)``) and ``vb = v @ B`` (``(..., 3, C)``)."""
-        k = self.cs_out
-        s = (a1.unsqueeze(-2) @ vb[..., :k]).squeeze(-2) + a0 * sa[..., :k]
+    def forward(self, s: torch.Tensor, v: torch.Tensor, a1: torch.Tensor):
+        """``(s, v)`` with ``l = 1`` attributes ``a1`` (``(..., 3)``, broadcast against ``s``)."""
+        A0, A1, B0, B1 = self.kernels()
+        out_s = s @ A0 + dot(a1, v) @ B0
         if self.bias is not None:
-            s = s + self.bias
-        v = a1.unsqueeze(-1) * sa[..., None, k:] + (a0.unsqueeze(-1) if torch.is_tensor(a0) else a0) * vb[..., k:]
-        return s, v
+            out_s = out_s + self.bias
+        out_v = a1.unsqueeze(-1) * (s @ A1).unsqueeze(-2) + v @ B1
+        return out_s, out_v
 
-    def forward(self, s: torch.Tensor, v: torch.Tensor, a0, a1: torch.Tensor):
-        """``(s, v)`` with attributes ``a0`` (``(..., 1)`` or a number) and ``a1`` (``(..., 3)``)."""
-        A, B = self.kernels()
-        return self.combine(s @ A, v @ B, a0, a1)
+
+def dot(a1: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``<a1, v_c>`` for every channel ``c``: ``(..., 3)`` and ``(..., 3, C)`` to ``(..., C)``."""
+    return (a1.unsqueeze(-1) * v).sum(-2)
+
+
+def _delta_pattern(l1: int, l2: int, l3: int) -> torch.Tensor:
+    """The Kronecker-delta pattern of the l <= 1 coupling ``(l1, l2) -> l3`` (one nonzero per
+    matching component)."""
+    if (l1, l2, l3) == (0, 0, 0):
+        return torch.ones(1, 1, 1, dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64)
+    return {(0, 1, 1): eye[None], (1, 0, 1): eye[:, None], (1, 1, 0): eye[:, :, None]}[(l1, l2, l3)]
 
 
 class GateL1(nn.Module):

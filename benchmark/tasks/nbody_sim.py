@@ -199,73 +199,81 @@ def draw_initial_conditions(
 # Integration
 # --------------------------------------------------------------------------
 class _Stepper:
-    """Preallocated work buffers for the force on a chunk of B trajectories."""
+    """Force evaluation on a chunk of B trajectories, batch axis last.
+
+    Positions are held as a C-contiguous ``(3, 5, B)`` array so that every
+    operation runs over long contiguous rows; the arithmetic, element by
+    element, is the original's (see the module docstring).
+    """
 
     def __init__(self, edges: np.ndarray, clip: str, max_f: float):
         b = edges.shape[0]
         npair = _PI.size
         # Original: forces_size = interaction_strength * edges / |r|^3.
         self.edges_p = np.ascontiguousarray(
-            (INTERACTION_STRENGTH * edges).reshape(b, -1)[:, _PAIR_FLAT])
+            (INTERACTION_STRENGTH * edges)[:, _PI, _PJ].T)          # (10, B)
         self.clip = clip
         self.max_f = max_f
-        self.sq = np.empty((b, DIM, N_BALLS))
-        self.nrm = np.empty((b, N_BALLS))
-        self.gp = np.empty((b, npair))
-        self.ni = np.empty((b, npair))
-        self.nj = np.empty((b, npair))
-        self.pw = np.empty((b, npair))
-        self.fs = np.empty((b, npair))
-        self.xi = np.empty((b, DIM, npair))
-        self.xj = np.empty((b, DIM, npair))
-        self.prod = np.empty((b, DIM, npair))
-        self.t2 = np.empty((b, DIM, 2 * npair))     # [T, -T]
-        self.terms = np.empty((b, DIM, N_BALLS - 1, N_BALLS))
-        self.force = np.empty((b, DIM, N_BALLS))
+        self.sq = np.empty((DIM, N_BALLS, b))
+        self.nrm = np.empty((N_BALLS, b))
+        self.xi = np.empty((DIM, npair, b))
+        self.xj = np.empty((DIM, npair, b))
+        self.prod = np.empty((DIM, npair, b))
+        self.gp = np.empty((npair, b))
+        self.ni = np.empty((npair, b))
+        self.nj = np.empty((npair, b))
+        self.pw = np.empty((npair, b))
+        self.fs = np.empty((npair, b))
+        self.t2 = np.empty((DIM, 2 * npair, b))                    # [T, -T]
+        self.terms = np.empty((DIM, N_BALLS - 1, N_BALLS, b))
+        self.force = np.empty((DIM, N_BALLS, b))
         if clip == "norm":
-            self.fn = np.empty((b, 1, N_BALLS))
+            self.fn = np.empty((N_BALLS, b))
+            self.tmp = np.empty((N_BALLS, b))
 
     def __call__(self, loc: np.ndarray) -> np.ndarray:
-        """Clipped force on every particle, (B, 3, 5)."""
+        """Clipped force on every particle, (3, 5, B), for ``loc`` (3, 5, B)."""
         npair = _PI.size
         # |x_i|^2: (A ** 2).sum(axis=1) in the original, a sequential sum.
         np.multiply(loc, loc, out=self.sq)
-        np.add(self.sq[:, 0], self.sq[:, 1], out=self.nrm)
-        self.nrm += self.sq[:, 2]
+        np.add(self.sq[0], self.sq[1], out=self.nrm)
+        self.nrm += self.sq[2]
         # <x_i, x_j> for i < j as an un-fused sequential sum of products,
         # i.e. what a BLAS kernel without FMA returns for A.dot(A.T).
-        np.take(loc, _PI, axis=2, out=self.xi)
-        np.take(loc, _PJ, axis=2, out=self.xj)
+        np.take(loc, _PI, axis=1, out=self.xi)
+        np.take(loc, _PJ, axis=1, out=self.xj)
         np.multiply(self.xi, self.xj, out=self.prod)
-        np.add(self.prod[:, 0], self.prod[:, 1], out=self.gp)
-        self.gp += self.prod[:, 2]
+        np.add(self.prod[0], self.prod[1], out=self.gp)
+        self.gp += self.prod[2]
         # d_ij = (|x_i|^2 + |x_j|^2) - 2 <x_i, x_j>, then d_ij ** 1.5.
-        np.take(self.nrm, _PI, axis=1, out=self.ni)
-        np.take(self.nrm, _PJ, axis=1, out=self.nj)
+        np.take(self.nrm, _PI, axis=0, out=self.ni)
+        np.take(self.nrm, _PJ, axis=0, out=self.nj)
         self.ni += self.nj
         self.gp *= 2
         self.ni -= self.gp
         np.power(self.ni, 1.5, out=self.pw)
         np.divide(self.edges_p, self.pw, out=self.fs)
         # T_ij = fs_ij * (x_i - x_j) for i < j; T_ji = -T_ij exactly.
-        t = self.t2[:, :, :npair]
+        t = self.t2[:, :npair]
         np.subtract(self.xi, self.xj, out=t)
-        t *= self.fs[:, None, :]
-        np.negative(t, out=self.t2[:, :, npair:])
+        t *= self.fs
+        np.negative(t, out=self.t2[:, npair:])
         # F_i = sum_j T_ij, sequentially over j (the j == i term is zero).
-        np.take(self.t2, _TERMS, axis=2, out=self.terms)
+        np.take(self.t2, _TERMS, axis=1, out=self.terms)
         f = self.force
-        np.add(self.terms[:, :, 0], self.terms[:, :, 1], out=f)
+        np.add(self.terms[:, 0], self.terms[:, 1], out=f)
         for k in range(2, N_BALLS - 1):
-            f += self.terms[:, :, k]
+            f += self.terms[:, k]
         if self.clip == "component":
             np.minimum(f, self.max_f, out=f)
             np.maximum(f, -self.max_f, out=f)
         else:
-            fn = self.fn
-            np.multiply(f[:, 0:1], f[:, 0:1], out=fn)
-            fn += f[:, 1:2] * f[:, 1:2]
-            fn += f[:, 2:3] * f[:, 2:3]
+            fn, tmp = self.fn, self.tmp
+            np.multiply(f[0], f[0], out=fn)
+            np.multiply(f[1], f[1], out=tmp)
+            fn += tmp
+            np.multiply(f[2], f[2], out=tmp)
+            fn += tmp
             np.sqrt(fn, out=fn)
             with np.errstate(divide="ignore"):
                 np.divide(self.max_f, fn, out=fn)
@@ -348,8 +356,8 @@ def simulate(
     done = 0
     for start in range(0, nb, max(1, int(chunk_size))):
         stop = min(nb, start + max(1, int(chunk_size)))
-        loc = np.array(loc0[start:stop], order="C")
-        vel = np.array(vel0[start:stop], order="C")
+        loc = np.ascontiguousarray(loc0[start:stop].transpose(1, 2, 0))
+        vel = np.ascontiguousarray(vel0[start:stop].transpose(1, 2, 0))
         force = _Stepper(edges[start:stop], clip, max_f)
         step = np.empty_like(loc)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -361,8 +369,8 @@ def simulate(
                 np.multiply(vel, dt, out=step)
                 loc += step
                 if i % sample_freq == 0:
-                    loc_out[start:stop, counter] = loc
-                    vel_out[start:stop, counter] = vel
+                    loc_out[start:stop, counter] = loc.transpose(2, 0, 1)
+                    vel_out[start:stop, counter] = vel.transpose(2, 0, 1)
                     counter += 1
                     if progress is not None:
                         progress(done + (stop - start) * i, total)

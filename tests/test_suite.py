@@ -1,0 +1,260 @@
+"""Suites: specification loading and validation, grid expansion, skip/retry logic, executors
+(local pool and submitit-local give the same records), and interruption (finishing only what is
+missing gives the same tables as an uninterrupted suite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.cli import main
+from benchmark.record import iter_records, record_path, write_record
+from benchmark.registry import METHODS
+from benchmark.suite import SpecError, load_spec, parse_spec, plan_suite, run_suite, shipped_suites
+from benchmark.suite.executors import Executor, execute
+from benchmark.suite.runner import cell_status, existing_status
+from benchmark.train import RunInterrupted, train
+from conftest import tiny_overrides
+
+VOLATILE = ("timing", "provenance")
+
+
+def tiny_spec(methods=("strict", "unconstrained"), seeds=(0,), epochs=1, name="tiny", **extra) -> dict:
+    data = {"name": name, "protocol": "tiny test protocol",
+            "grid": {"tasks": ["nbody"], "backbones": ["egnn"], "methods": list(methods), "train_sizes": [48],
+                     "seeds": list(seeds)},
+            "overrides": tiny_overrides("nbody", "egnn"), "epochs": epochs}
+    data.update(extra)
+    return data
+
+
+def write_spec(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / f"{data.get('name', 'spec')}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class InProcess(Executor):
+    """Runs jobs one after another in this process (fast; the real executors are tested below)."""
+
+    name = "in-process"
+
+    def run(self, jobs, started, finished):
+        for job in jobs:
+            started(job)
+            finished(job, execute(job.args, str(self.results), None, self.after))
+
+
+def _stable(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in VOLATILE}
+
+
+def _records(results: Path) -> dict:
+    root = results / "runs"
+    return {str(p.relative_to(root)): _stable(r) for p, r in iter_records(results)}
+
+
+# -- specifications -----------------------------------------------------------------------------
+def test_grid_expansion_overrides_and_headlines(tmp_path):
+    data = tiny_spec(methods="*", seeds=[0, 1],
+                     cells=[{"where": {"method": "unconstr*", "seed": 1}, "overrides": ["train.lr=0.002"]}],
+                     headline={"unconstrained": "projected"})
+    spec = parse_spec(data, path=tmp_path / "tiny.yaml")
+    assert spec.methods == METHODS.list()          # "*" is every registered method
+    runs = spec.runs()
+    assert len(runs) == len(METHODS.list()) * 2
+    lrs = {(r.cell.method, r.seed): r.cfg.train.lr for r in runs if r.cell.method in ("strict", "unconstrained")}
+    assert lrs[("unconstrained", 1)] == 0.002 and lrs[("unconstrained", 0)] == lrs[("strict", 1)] != 0.002
+    assert all(r.cfg.train.epochs == 1 and r.cfg.task_cfg.num_train == 64 for r in runs)
+    assert spec.headline_of("unconstrained") == "projected"
+    assert spec.headline_of("strict") == METHODS.get("strict").obj.variants[0]
+    assert len({r.run_id for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"colour": 1}, ["colour", "allowed", "grid"]),
+    ({"grid": {"tasks": ["nbody"], "backbones": ["egnn"], "methods": ["strikt"], "train_sizes": [48],
+               "seeds": [0]}}, ["grid.methods", "strikt", "strict"]),
+    ({"grid": {"tasks": ["nbody"], "backbones": ["egnn"], "methods": ["nope-*"], "train_sizes": [48],
+               "seeds": [0]}}, ["grid.methods", "nope-*", "unconstrained"]),
+    ({"grid": {"tasks": ["nbody"], "backbones": ["egnn"], "methods": ["strict"], "train_sizes": [0],
+               "seeds": [0]}}, ["grid.train_sizes", ">= 1"]),
+    ({"protocol": ""}, ["protocol", "required"]),
+    ({"headline": {"strict": "relaxed"}}, ["headline.strict", "relaxed", "projected"]),
+    ({"overrides": ["train.lr"]}, ["overrides", "key=value"]),
+    ({"overrides": ["train.colour=3"]}, ["cell nbody/egnn/strict/n48", "train.colour"]),
+    ({"executor": {"gpu": 1}}, ["executor.gpu", "partition"]),
+])
+def test_spec_errors_name_file_key_and_allowed_values(tmp_path, change, words):
+    data = {**tiny_spec(), **change}
+    path = write_spec(tmp_path, data)
+    with pytest.raises(SpecError) as err:
+        load_spec(path).runs()
+    message = str(err.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message
+
+
+def test_unknown_suite_lists_shipped_ones():
+    with pytest.raises(SpecError, match="quick"):
+        load_spec("no-such-suite")
+
+
+def test_shipped_suites_state_their_protocol():
+    names = shipped_suites()
+    assert {"quick", "nbody-methods", "nbody-sample-efficiency"} <= set(names)
+    for name in names:
+        spec = load_spec(name)
+        assert spec.protocol and spec.name == name
+        assert spec.methods == METHODS.list()
+        text = Path(str(spec.path)).read_text()
+        assert text.startswith("#") and "Protocol" in text.split("\n\n")[0] + text   # header comment
+    quick = load_spec("quick")
+    assert quick.seeds == [0, 1, 2] and len(quick.runs()) == 3 * len(METHODS.list())
+    assert load_spec("nbody-methods").train_sizes == [3000]
+    assert load_spec("nbody-sample-efficiency").train_sizes[0] == 500
+    assert load_spec("nbody-sample-efficiency").train_sizes[-1] == 9000
+
+
+# -- skip / retry ---------------------------------------------------------------------------------
+def test_skip_completed_and_diverged_retry_failed_only_on_request(tmp_path):
+    spec = parse_spec(tiny_spec(seeds=[0, 1]), path=tmp_path / "tiny.yaml")
+    results = tmp_path / "results"
+    plan = plan_suite(spec, results)
+    assert len(plan.todo) == 4
+    run_suite(plan, InProcess(results=results), progress=False)
+    again = plan_suite(spec, results)
+    assert again.todo == [] and set(again.states.values()) == {"completed"}
+
+    # turn one record into a failed one and another into a diverged one
+    failed, diverged = again.runs[0], again.runs[1]
+    for run, status in ((failed, "failed"), (diverged, "diverged")):
+        path = record_path(results, run.cfg)
+        record = json.loads(path.read_text())
+        record.update(status=status, reason=f"made {status} by the test")
+        write_record(path, record)
+    plan = plan_suite(spec, results)
+    assert plan.todo == []                                   # failed kept, diverged is a result
+    plan = plan_suite(spec, results, retry_failed=True)
+    assert [r.run_id for r in plan.todo] == [failed.run_id]
+    outcome = run_suite(plan, InProcess(results=results), progress=False)
+    assert outcome.outcomes[failed.run_id].status == "completed"
+
+    # a record whose hash does not match its configuration does not count
+    path = record_path(results, failed.cfg)
+    record = json.loads(path.read_text())
+    record["config"]["hash"] = "0" * 16
+    path.write_text(json.dumps(record))
+    assert existing_status(results, failed) == "missing"
+    counts = cell_status(spec, results)
+    assert sum(c["diverged"] for c in counts.values()) == 1 and sum(c["missing"] for c in counts.values()) == 1
+
+
+def test_interrupted_suite_finishes_only_what_is_missing_with_identical_tables(tmp_path):
+    from benchmark.report import collect_suite, suite_report
+    spec = parse_spec(tiny_spec(seeds=[0, 1], epochs=2, overrides=tiny_overrides("nbody", "egnn")
+                                + ["train.eval_every=1"]), path=tmp_path / "tiny.yaml")
+    straight = tmp_path / "straight"
+    run_suite(plan_suite(spec, straight), InProcess(results=straight), progress=False)
+
+    broken = tmp_path / "broken"
+    plan = plan_suite(spec, broken)
+    run_suite(plan_suite(spec, broken).__class__(spec, plan.runs, plan.states, plan.todo[:1]),
+              InProcess(results=broken), progress=False)        # first run only
+    victim = plan.todo[1]
+
+    def stop(epoch, row):
+        raise RunInterrupted
+    with pytest.raises(RunInterrupted):                          # second run stops after epoch 1
+        train(victim.cfg, results=broken, progress=False, on_evaluation=stop)
+    assert list((broken / "checkpoints").rglob("*.pt"))
+    resumed = plan_suite(spec, broken)
+    assert len(resumed.todo) == 3 and plan.todo[0] not in resumed.todo
+    run_suite(resumed, InProcess(results=broken), progress=False)
+    assert plan_suite(spec, broken).todo == []
+    assert _records(broken) == _records(straight)
+    a = suite_report(collect_suite(spec, straight), spec.name)
+    b = suite_report(collect_suite(spec, broken), spec.name)
+    assert a.markdown.replace(str(straight), "R") == b.markdown.replace(str(broken), "R")
+
+
+# -- executors and the command line --------------------------------------------------------------
+def test_local_pool_and_submitit_local_write_the_same_records(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    spec = write_spec(tmp_path, tiny_spec())
+    local, sub = tmp_path / "local", tmp_path / "submitit"
+    assert main(["suite", "run", str(spec), "--results", str(local), "--workers", "2", "--quiet",
+                 "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "| strict | projected |" in out and "mse ↓" in out
+    assert main(["suite", "run", str(spec), "--results", str(sub), "--executor", "submitit-local",
+                 "--workers", "2", "--quiet", "--no-figures"]) == 0
+    capsys.readouterr()
+    assert _records(local) == _records(sub) and len(_records(local)) == 2
+    threads = {r["provenance"]["torch_threads"] for _, r in iter_records(local)}
+    assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
+    # a second run skips everything and only prints the table again
+    start = time.perf_counter()
+    assert main(["suite", "run", str(spec), "--results", str(local), "--quiet", "--no-figures"]) == 0
+    captured = capsys.readouterr()
+    assert "0 to run" in captured.err and "| unconstrained | relaxed |" in captured.out
+    assert time.perf_counter() - start < 30
+    assert (local / "reports" / "tiny" / "tables.md").is_file()
+    assert json.loads((local / "suites" / "tiny.json").read_text())["runs"]
+
+
+def test_cli_dry_run_status_and_errors(tmp_path, capsys):
+    spec = write_spec(tmp_path, tiny_spec(seeds=[0, 1]))
+    results = tmp_path / "results"
+    assert main(["suite", "run", str(spec), "--results", str(results), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("missing") == 4 and "nbody/egnn/strict/n48-seed1-" in out
+    assert not results.exists()                                # a dry run writes nothing
+    assert main(["suite", "status", str(spec), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "completed" in out and "missing" in out and "strict" in out
+    assert main(["suite", "run", "no-such-suite"]) == 2
+    assert "shipped suites" in capsys.readouterr().err
+    assert main(["suite", "run", str(spec), "--executor", "cloud"]) == 2
+    assert main(["suite", "run", str(spec), "--workers", "0", "--dry-run"]) == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
+    """A real `suite run` interrupted with SIGINT after its first record, then started again."""
+    data = tiny_spec(seeds=[0, 1], epochs=30, overrides=tiny_overrides("nbody", "egnn") + ["train.eval_every=1"])
+    spec = write_spec(tmp_path, data)
+    results = tmp_path / "results"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "benchmark", "suite", "run", str(spec), "--results", str(results), "--workers", "1",
+           "--quiet", "--no-figures"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((results / "runs").rglob("*.json")):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command" in err
+    first = len(list((results / "runs").rglob("*.json")))
+    assert 1 <= first < 4
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"{4 - first} to run" in done.stderr
+    straight = tmp_path / "straight"
+    again = subprocess.run(cmd[:-4] + [str(straight), "--workers", "2", "--quiet", "--no-figures"], env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert _records(results) == _records(straight)
+    assert (results / "reports" / "tiny" / "tables.md").read_text().replace(str(results), "R") == \
+        (straight / "reports" / "tiny" / "tables.md").read_text().replace(str(straight), "R")

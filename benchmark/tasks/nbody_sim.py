@@ -3,36 +3,43 @@
 This module regenerates the "charged particles" data set used by EGNN
 (Satorras et al., 2021): five point charges in 3-D interacting through a
 Coulomb-like force, the simulator of NRI (Kipf et al., 2018) ported to three
-dimensions.  The reference data are produced by the original script with
-``--num-train 10000 --seed 43`` (10000 train, 2000 valid, 2000 test
-trajectories drawn from one random stream).
+dimensions.  The reference data are the output of the original script run
+as ``generate_dataset.py --num-train 10000 --seed 43 --sufix small``
+(10000 train, 2000 valid, 2000 test trajectories from one random stream);
+their SHA-256 fingerprints are committed in ``datasets/nbody/``.
 
 The original integrates one trajectory at a time (about half an hour for the
 standard split).  Here all trajectories of a chunk are integrated together in
-one step loop, while every floating-point operation is kept *identical* to the
-original, so that the output is the same bit for bit:
+one step loop (batch axis last, so every operation runs over long contiguous
+rows), while each floating-point operation is the original's, element by
+element, so that the output is the same bit for bit:
 
-* the squared-distance matrix is computed as in the original,
-  ``(|x_i|^2 + |x_j|^2) - 2 <x_i, x_j>``, and the Gram matrix comes from the
-  same BLAS routine: ``np.dot(X.T, X)`` on one ``(3, 5)`` array makes numpy call
-  ``?syrk``, and so does the batched ``np.matmul(X.transpose(0, 2, 1), X)`` on a
-  ``(B, 3, 5)`` C-contiguous array, slice by slice, with the same layout.  The
-  BLAS kernel (with fused multiply-adds) therefore produces the same bits;
-* ``np.power(d, 1.5)`` is applied element-wise as in the original;
-* each particle's force is summed over the other particles in the same
-  sequential order as numpy's reduction over the last axis of the original
-  ``(3, 5, 5)`` array.  Only the ten pairs ``i < j`` are evaluated; the terms
-  of the pairs ``j > i`` are exact negations (the distance matrix is exactly
-  symmetric because BLAS only fills one triangle, which numpy mirrors);
+* squared distances are ``(|x_i|^2 + |x_j|^2) - 2 <x_i, x_j>`` with
+  ``|x_i|^2 = (x_0^2 + x_1^2) + x_2^2``, as in the original;
+* the Gram entries ``<x_i, x_j>`` are the un-fused sequential sum
+  ``(x_0 y_0 + x_1 y_1) + x_2 y_2``.  The original gets them from
+  ``A.dot(A.T)``, i.e. from BLAS (``?syrk``), so its bits depend on the BLAS
+  kernel: the reference data match a kernel *without* fused multiply-add
+  (OpenBLAS's ``Sandybridge`` kernel gives exactly this sum), not the FMA
+  kernels OpenBLAS selects on newer x86 CPUs (``fma(x2, y2, fma(x1, y1,
+  x0 y0))``, different in about 30% of entries).  Computing the sum with
+  plain numpy arithmetic makes this module independent of the installed
+  BLAS;
+* ``np.power(d, 1.5)`` is applied element-wise as in the original.  numpy
+  evaluates it with its own SIMD (SVML) routine on CPUs with AVX512-SKX and
+  with the C library's ``pow`` elsewhere; the reference data were made with
+  the former, so they can only be reproduced on such CPUs;
+* each particle's force is summed over the other particles in the sequential
+  order of numpy's reduction over the last axis of the original ``(3, 5, 5)``
+  array.  Only the ten pairs ``i < j`` are evaluated: distances are exactly
+  symmetric and the ``j > i`` terms are exact negations;
 * the initial states and the charges are drawn sequentially, trajectory by
   trajectory, with the very same calls on a ``np.random.RandomState`` seeded
   with the seed, which gives the same stream as ``np.random.seed(seed)``
-  followed by calls on the legacy global functions.
+  followed by the legacy global functions.
 
-Only numpy is used.  Results are reproducible bit for bit on one machine and
-numpy/BLAS build; other CPUs or BLAS kernels may round the Gram matrix
-differently, which is why the reference fingerprints are checked by
-:func:`verify`.
+Only numpy is used.  :func:`verify` checks generated arrays against the
+committed fingerprints.
 """
 from __future__ import annotations
 
@@ -76,7 +83,6 @@ CLIP_MODES = ("component", "norm")
 
 # The ten unordered pairs (i < j) of five particles.
 _PI, _PJ = np.triu_indices(N_BALLS, k=1)
-_PAIR_FLAT = _PI * N_BALLS + _PJ                      # index into a flat 5x5
 _PAIR_OF = -np.ones((N_BALLS, N_BALLS), dtype=np.intp)
 _PAIR_OF[_PI, _PJ] = np.arange(_PI.size)
 _PAIR_OF[_PJ, _PI] = np.arange(_PI.size) + _PI.size   # (j, i): negated copy
@@ -291,6 +297,7 @@ def simulate(
     sample_freq: int = SAMPLE_FREQ,
     dt: float = DT,
     clip: str = "component",
+    max_force: Optional[float] = None,
     chunk_size: int = 1024,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -319,6 +326,10 @@ def simulate(
         ``"norm"``: each particle's force vector is rescaled by
         ``min(1, (0.1/dt) / |F|)``, which keeps the dynamics exactly
         E(3)-equivariant.
+    max_force : float, optional
+        Clipping threshold, ``0.1 / dt`` (= 100) by default.  ``np.inf``
+        disables clipping (useful to detect whether a trajectory ever hits
+        the clip: its output then differs from the clipped one).
     chunk_size : int
         Trajectories integrated together (memory/cache trade-off; the
         result does not depend on it).
@@ -331,10 +342,12 @@ def simulate(
 
     Notes
     -----
-    For ``clip="component"`` and ``dt=1e-3`` each trajectory's output is
-    identical, bit for bit, to the original per-trajectory simulator run on
-    the same initial state with the same numpy/BLAS (see the module
-    docstring for why).
+    With ``clip="component"`` each trajectory's output is identical, bit for
+    bit, to the original per-trajectory simulator run on the same initial
+    state with a BLAS whose ``dsyrk`` does not fuse multiply-adds (as the
+    reference data were made) and the same ``np.power``; see the module
+    docstring.  It does not depend on ``chunk_size`` or on the other
+    trajectories of the batch, and the inputs are not modified.
     """
     if clip not in CLIP_MODES:
         raise ValueError(f"clip must be one of {CLIP_MODES}, got {clip!r}")
@@ -349,15 +362,16 @@ def simulate(
         raise ValueError("vel0 must match loc0, edges must be (B, 5, 5)")
     nb = loc0.shape[0]
     n_frames = length // sample_freq - 1
-    max_f = 0.1 / dt
+    max_f = 0.1 / dt if max_force is None else float(max_force)
     loc_out = np.zeros((nb, n_frames, DIM, N_BALLS))
     vel_out = np.zeros((nb, n_frames, DIM, N_BALLS))
     total = nb * length
     done = 0
     for start in range(0, nb, max(1, int(chunk_size))):
         stop = min(nb, start + max(1, int(chunk_size)))
-        loc = np.ascontiguousarray(loc0[start:stop].transpose(1, 2, 0))
-        vel = np.ascontiguousarray(vel0[start:stop].transpose(1, 2, 0))
+        # Always a copy (ascontiguousarray may return a view of the input).
+        loc = np.array(loc0[start:stop].transpose(1, 2, 0), order="C", copy=True)
+        vel = np.array(vel0[start:stop].transpose(1, 2, 0), order="C", copy=True)
         force = _Stepper(edges[start:stop], clip, max_f)
         step = np.empty_like(loc)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -386,19 +400,17 @@ def simulate(
 # --------------------------------------------------------------------------
 # Data set generation
 # --------------------------------------------------------------------------
-def _make_progress(progress, total_hint: str):
-    """Normalise ``progress`` to (callback, closer)."""
+def _make_progress(progress, total: int, desc: str):
+    """Normalise ``progress`` to (callback or None, closer)."""
     if progress is None or progress is False:
         return None, lambda: None
     if callable(progress):
         return progress, lambda: None
     from tqdm.auto import tqdm  # optional dependency, only for the bar
 
-    bar = tqdm(total=0, unit="step", unit_scale=True, desc=total_hint)
+    bar = tqdm(total=total, unit="step", unit_scale=True, desc=desc)
 
-    def cb(done, total):
-        if bar.total != total:
-            bar.total = total
+    def cb(done, _total):
         bar.update(done - bar.n)
 
     return cb, bar.close
@@ -423,7 +435,9 @@ def generate(
     ``generate_dataset.py --num-train 10000 --seed 43`` output (charged
     simulation, 5 particles, 3-D): one random stream, seeded once, feeds the
     ``num_train`` training, then ``num_valid`` validation, then ``num_test``
-    test trajectories.
+    test trajectories.  (Bit-exactness needs a CPU on which numpy evaluates
+    ``np.power`` with its AVX512-SKX routine, as for the reference data; see
+    the module docstring.  :func:`verify` tells.)
 
     Parameters
     ----------
@@ -461,7 +475,7 @@ def generate(
                                         sample_freq=sample_freq)
              for s in SPLITS}
     total = sum(keep.values()) * length
-    cb, close = _make_progress(progress, "nbody")
+    cb, close = _make_progress(progress, total, "nbody trajectory-steps")
     offset = 0
     out: Dict[str, Dict[str, np.ndarray]] = {}
     try:
@@ -529,15 +543,33 @@ def reference_dir() -> Path:
 
 
 def load_reference_fingerprints(path: Optional[Union[str, Path]] = None) -> dict:
-    """Read ``checksums.json``; empty dict if the file is absent."""
+    """Read the committed fingerprints (``datasets/nbody/checksums.json``).
+
+    Returns
+    -------
+    dict
+        ``{split: {key: {"sha256": str, "dtype": str, "shape": [int, ...]}}}``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file is absent (e.g. the package is installed without the
+        repository's ``datasets/`` folder).
+    """
     path = Path(path) if path is not None else reference_dir() / "checksums.json"
-    if not path.is_file():
-        return {}
     with open(path, "r", encoding="utf-8") as fh:
         return json.load(fh)
 
 
-REFERENCE_FINGERPRINTS: dict = load_reference_fingerprints()
+def _reference_or_empty() -> dict:
+    try:
+        return load_reference_fingerprints()
+    except FileNotFoundError:
+        return {}
+
+
+#: Fingerprints of the standard split (``{}`` when ``checksums.json`` is absent).
+REFERENCE_FINGERPRINTS: dict = _reference_or_empty()
 
 
 def verify(arrays: Mapping[str, Mapping[str, np.ndarray]],

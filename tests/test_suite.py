@@ -20,7 +20,7 @@ from benchmark.record import iter_records, record_path, write_record
 from benchmark.registry import METHODS
 from benchmark.suite import SpecError, load_spec, parse_spec, plan_suite, run_suite, shipped_suites
 from benchmark.suite.executors import Executor, execute
-from benchmark.suite.runner import cell_status, existing_status
+from benchmark.suite.runner import Plan, cell_status, existing_status
 from benchmark.train import RunInterrupted, train
 from conftest import tiny_overrides
 
@@ -50,7 +50,7 @@ class InProcess(Executor):
     def run(self, jobs, started, finished):
         for job in jobs:
             started(job)
-            finished(job, execute(job.args, str(self.results), None, self.after))
+            finished(job, execute(job.args, str(self.results), None, self.after, self.command))
 
 
 def _stable(record: dict) -> dict:
@@ -116,8 +116,8 @@ def test_shipped_suites_state_their_protocol():
         spec = load_spec(name)
         assert spec.protocol and spec.name == name
         assert spec.methods == METHODS.list()
-        text = Path(str(spec.path)).read_text()
-        assert text.startswith("#") and "Protocol" in text.split("\n\n")[0] + text   # header comment
+        header = Path(str(spec.path)).read_text().split("\nname:")[0]
+        assert header.startswith("#") and "Protocol:" in header      # the header says the protocol
     quick = load_spec("quick")
     assert quick.seeds == [0, 1, 2] and len(quick.runs()) == 3 * len(METHODS.list())
     assert load_spec("nbody-methods").train_sizes == [3000]
@@ -168,8 +168,8 @@ def test_interrupted_suite_finishes_only_what_is_missing_with_identical_tables(t
 
     broken = tmp_path / "broken"
     plan = plan_suite(spec, broken)
-    run_suite(plan_suite(spec, broken).__class__(spec, plan.runs, plan.states, plan.todo[:1]),
-              InProcess(results=broken), progress=False)        # first run only
+    run_suite(Plan(spec, plan.runs, plan.states, plan.todo[:1]), InProcess(results=broken),
+              progress=False)                                    # the first run only
     victim = plan.todo[1]
 
     def stop(epoch, row):
@@ -228,6 +228,29 @@ def test_cli_dry_run_status_and_errors(tmp_path, capsys):
     assert main(["suite", "run", str(spec), "--workers", "0", "--dry-run"]) == 2
 
 
+def test_slurm_resources_from_spec_and_command_line(tmp_path, monkeypatch):
+    from benchmark.suite.cli import _executor_options
+    from benchmark.suite.executors import make_executor
+    spec = parse_spec(tiny_spec(executor={"partition": "cpu", "time": 30, "mem": 4}), path=tmp_path / "t.yaml")
+
+    class Args:
+        partition, time, cpus, gpus, mem, account, qos, constraint = "gpu", None, 4, 1, None, None, None, None
+    options = _executor_options(spec, Args)
+    ex = make_executor("slurm", results=tmp_path, workers=8, options=options)
+    assert ex.parameters() == {"name": "relaxbench", "timeout_min": 30, "cpus_per_task": 4, "gpus_per_node": 1,
+                               "mem_gb": 4.0, "slurm_partition": "gpu", "slurm_array_parallelism": 8}
+    local = make_executor("submitit-local", results=tmp_path, workers=2, options=options)
+    assert local.parameters()["timeout_min"] == 30 and "slurm_partition" not in local.parameters()
+    submitit = pytest.importorskip("submitit")
+    from submitit.slurm.slurm import SlurmExecutor
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))   # pretend srun exists
+    auto = submitit.AutoExecutor(folder=str(tmp_path / "sub"), cluster="slurm")
+    auto.update_parameters(**ex.parameters())               # submitit accepts every parameter
+    script = auto._executor._make_submission_file_text("python -m job", "uid")
+    for line in ("--partition=gpu", "--cpus-per-task=4", "--time=30", "--mem=4GB", "--gpus-per-node=1"):
+        assert line in script, line
+
+
 @pytest.mark.slow
 def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
     """A real `suite run` interrupted with SIGINT after its first record, then started again."""
@@ -235,8 +258,11 @@ def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
     spec = write_spec(tmp_path, data)
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "benchmark", "suite", "run", str(spec), "--results", str(results), "--workers", "1",
-           "--quiet", "--no-figures"]
+
+    def command(where: Path, workers: int) -> list[str]:
+        return [sys.executable, "-m", "benchmark", "suite", "run", str(spec), "--results", str(where),
+                "--workers", str(workers), "--quiet", "--no-figures"]
+    cmd = command(results, 1)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not list((results / "runs").rglob("*.json")):
@@ -252,9 +278,48 @@ def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"{4 - first} to run" in done.stderr
     straight = tmp_path / "straight"
-    again = subprocess.run(cmd[:-4] + [str(straight), "--workers", "2", "--quiet", "--no-figures"], env=env,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(command(straight, 2), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert _records(results) == _records(straight)
     assert (results / "reports" / "tiny" / "tables.md").read_text().replace(str(results), "R") == \
         (straight / "reports" / "tiny" / "tables.md").read_text().replace(str(straight), "R")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
+def test_killed_suite_takes_its_workers_along_and_resumes(tmp_path):
+    data = tiny_spec(seeds=[0], epochs=30, overrides=tiny_overrides("nbody", "egnn") + ["train.eval_every=1"])
+    spec = write_spec(tmp_path, data)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "benchmark", "suite", "run", str(spec), "--results", str(results), "--workers", "2",
+           "--quiet", "--no-figures"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((results / "checkpoints").rglob("*.pt")):
+        time.sleep(0.5)
+    workers = _children(proc.pid)
+    assert workers
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.5)
+    assert not any(_alive(p) for p in workers)
+    assert list((results / "checkpoints").rglob("*.pt"))
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert len(list((results / "runs").rglob("*.json"))) == 2

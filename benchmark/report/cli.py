@@ -53,7 +53,7 @@ def cmd_report(args) -> int:
         command = f"relaxbench report --results {args.target or args.results} --readme {args.readme}"
         from benchmark.report import ReadmeError
         try:
-            update_readme(Path(args.readme), readme_section(reports, col, command))
+            update_readme(Path(args.readme), readme_section(reports, command))
         except ReadmeError as exc:
             raise ConfigError(str(exc)) from None
         print(f"leaderboard section of {args.readme} regenerated", file=sys.stderr)

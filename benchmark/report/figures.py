@@ -59,6 +59,20 @@ def _palette(methods: list[str]) -> dict[str, tuple]:
     return dict(zip(methods, sns.color_palette("tab10", n_colors=max(len(methods), 1))))
 
 
+def _lines(ax, data: pd.DataFrame, hue: str, order: list, colors: dict | None = None, band: bool = True) -> None:
+    """One line per ``hue`` value: the mean of ``value`` over seeds at each epoch, +/- one sd."""
+    for key in order:
+        part = data[data[hue] == key]
+        if part.empty:
+            continue
+        agg = part.groupby("epoch").value.agg(["mean", "std"]).reset_index()
+        color = None if colors is None else colors[key]
+        line, = ax.plot(agg.epoch, agg["mean"], label=str(key), color=color)
+        if band and agg["std"].notna().any():
+            ax.fill_between(agg.epoch, agg["mean"] - agg["std"].fillna(0), agg["mean"] + agg["std"].fillna(0),
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+
+
 def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
     plt, _ = _plt()
     paths = []
@@ -94,7 +108,7 @@ def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def training_dynamics(curves: pd.DataFrame, out: Path) -> list[Path]:
-    plt, sns = _plt()
+    plt, _ = _plt()
     paths = []
     data = curves[(curves.status == "completed") & curves.headline
                   & curves.quantity.isin(["val_metric", "equivariance_rel"])]
@@ -104,8 +118,8 @@ def training_dynamics(curves: pd.DataFrame, out: Path) -> list[Path]:
         for ax, (quantity, label) in zip(axes, (("val_metric", "validation metric"),
                                                ("equivariance_rel", "equivariance error (relative)"))):
             part = grp[grp.quantity == quantity]
-            sns.lineplot(data=part, x="epoch", y="value", hue="method", hue_order=methods, errorbar="sd", ax=ax,
-                         palette=_palette(methods), legend=ax is axes[0])
+            _lines(ax, part, "method", methods, _palette(methods))
+            ax.set_xlabel("epoch")
             if _spans_decade(part.value):
                 ax.set_yscale("log")
             ax.set_ylabel(label)
@@ -116,7 +130,7 @@ def training_dynamics(curves: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def relaxation_parameters(curves: pd.DataFrame, out: Path) -> list[Path]:
-    plt, sns = _plt()
+    plt, _ = _plt()
     paths = []
     data = curves[(curves.status == "completed") & curves.quantity.isin(PER_LAYER)]
     for (suite, task, backbone, n), grp in data.groupby(["suite", "task", "backbone", "train_size"], sort=True):
@@ -127,7 +141,7 @@ def relaxation_parameters(curves: pd.DataFrame, out: Path) -> list[Path]:
             continue
         quantities = [q for q in PER_LAYER if (grp[grp.method.isin(methods)].quantity == q).any()]
         fig, axes = plt.subplots(len(quantities), len(methods), figsize=(3.2 * len(methods), 2.6 * len(quantities)),
-                                 squeeze=False, sharex=True)
+                                 squeeze=False)
         for i, q in enumerate(quantities):
             for j, method in enumerate(methods):
                 ax = axes[i][j]
@@ -135,11 +149,15 @@ def relaxation_parameters(curves: pd.DataFrame, out: Path) -> list[Path]:
                 if part.empty:
                     ax.set_visible(False)
                     continue
-                sns.lineplot(data=part, x="epoch", y="value", hue="layer", errorbar=None, ax=ax,
-                             legend=(i == 0 and j == len(methods) - 1))
+                _lines(ax, part, "layer", list(dict.fromkeys(part.layer)), band=False)
+                lowest = all(grp[(grp.method == method) & (grp.quantity == q2)].empty for q2 in quantities[i + 1:])
+                ax.set_xlabel("epoch" if lowest else "")
+                if i == 0 and j == len(methods) - 1:
+                    ax.legend(fontsize=7, title="layer")
                 ax.set_title(f"{method}: {q}_i" if i == 0 else f"{q}_i", fontsize=8)
                 ax.set_ylabel(q)
         fig.suptitle(f"{task} / {backbone}, n = {n}: per-layer relaxation parameters (mean over seeds)")
+        fig.tight_layout()
         paths += _save(fig, out, f"relaxation_parameters_{task}_{backbone}_n{n}")
     return paths
 
@@ -155,7 +173,7 @@ def layer_relaxation(diagnostics: pd.DataFrame, out: Path) -> list[Path]:
         quantities = [q for q in ("lambda", "gamma", "u") if (grp.quantity == q).any()]
         tasks = sorted(grp.task.unique())
         fig, axes = plt.subplots(len(quantities), len(tasks), figsize=(4.2 * len(tasks), 2.6 * len(quantities)),
-                                 squeeze=False)
+                                 squeeze=False, constrained_layout=True)
         for j, task in enumerate(tasks):
             for i, q in enumerate(quantities):
                 ax = axes[i][j]
@@ -164,6 +182,7 @@ def layer_relaxation(diagnostics: pd.DataFrame, out: Path) -> list[Path]:
                 sns.barplot(data=part, x="layer", y="value", hue="setting", errorbar="sd", ax=ax,
                             legend=(i == 0 and j == len(tasks) - 1))
                 ax.set_ylabel(f"final {q}_i")
+                ax.set_xlabel("layer" if i == len(quantities) - 1 else "")
                 ax.set_title(task if i == 0 else "", fontsize=9)
         fig.suptitle(f"{method}: which layers need relaxation (final values, mean ± sd over seeds)")
         paths += _save(fig, out, f"layer_relaxation_{method}")

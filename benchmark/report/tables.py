@@ -44,6 +44,8 @@ def fmt(x: float | None, digits: int = 3) -> str:
 def fmt_pm(mean: float, std: float) -> str:
     if not math.isfinite(mean):
         return "—"
+    if math.isfinite(std) and std <= 1e-12 * abs(mean):     # round-off of identical values
+        std = 0.0
     return fmt(mean) if not math.isfinite(std) else f"{fmt(mean)} ± {fmt(std, 2)}"
 
 
@@ -64,8 +66,9 @@ def _runs_text(row) -> str:
 
 
 def _best(values: list[float], higher: bool) -> float | None:
+    """The best finite value, or ``None`` when there is none or all are equal (nothing stands out)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
+    if len(set(finite)) < 2:
         return None
     return max(finite) if higher else min(finite)
 
@@ -225,7 +228,7 @@ def to_latex(table: Table) -> str:
             shown.append(body + latex_escape(mark))
         lines.append(" & ".join(shown) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"\begin{minipage}{\linewidth}\footnotesize"]
-    lines += [_latex_code(line) for line in table.footer]
+    lines += [_latex_code(line) + r"\par" for line in table.footer]
     lines += [r"\end{minipage}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

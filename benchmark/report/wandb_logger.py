@@ -134,7 +134,8 @@ class WandbRunLogger:
             config["suite"] = self.suite
         group = run_group(record)
         run = wandb.init(project=self.project, entity=self.entity, group=group, job_type="train",
-                         name=f"{group}/seed{record['seed']}", config=config, dir=self.dir,
+                         name=f"{group}/seed{record['seed']}", config=config,
+                         dir=self.dir or os.environ.get("WANDB_DIR"),
                          mode=self.mode or wandb_mode(), reinit="create_new",
                          tags=[record["status"]] + ([self.suite] if self.suite else []),
                          settings=wandb.Settings(silent=True, console="off", x_disable_stats=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def log_aggregate(suite: str, *, leaderboard: pd.DataFrame, summary: pd.DataFram
     try:
         import wandb
         run = wandb.init(project=project, entity=entity, job_type="aggregate", name=f"report/{suite}",
-                         group=f"report/{suite}", config={"suite": suite, **info}, dir=dir,
+                         group=f"report/{suite}", config={"suite": suite, **info},
+                         dir=dir or os.environ.get("WANDB_DIR"),
                          mode=mode or wandb_mode(), reinit="create_new",
                          settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=60))
         try:
@@ -117,7 +119,8 @@ def _metric(wr, name: str):
 
 
 def build_report(spec: dict[str, Any]):
-    """The ``wandb_workspaces`` Report object of a specification (constructing it needs no network)."""
+    """The ``wandb_workspaces`` Report object of a specification (without an ``entity`` in the
+    specification, wandb-workspaces asks the W&B API for the default one)."""
     import wandb_workspaces.reports.v2 as wr
     if spec.get("format") != SPEC_FORMAT:
         raise ValueError(f"not a relaxbench W&B report specification (format {spec.get('format')!r}, "

@@ -69,14 +69,15 @@ def cmd_suite_run(args) -> int:
 
     if plan.todo:
         prepare_data(plan.todo, progress=not args.quiet)
-    write_manifest(spec, plan, results, ["relaxbench"] + list(getattr(args, "argv", []) or []))
+    command = ["relaxbench"] + list(getattr(args, "argv", None) or ["suite", "run", spec.source])
+    write_manifest(spec, plan, results, command)
     after = None
     if args.wandb:
         from benchmark.report.wandb_logger import log_record_to_wandb
         after = functools.partial(log_record_to_wandb, project=args.wandb_project or spec.wandb.get("project"),
                                   entity=spec.wandb.get("entity"), suite=spec.name)
     executor = make_executor(args.executor, results=results, workers=workers, after=after,
-                             options=_executor_options(spec, args))
+                             options=_executor_options(spec, args), command=command)
     try:
         outcome = run_suite(plan, executor, progress=not args.quiet)
     except KeyboardInterrupt:

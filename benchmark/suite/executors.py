@@ -8,8 +8,9 @@ and a suite can be started on one machine and finished on another.
 Guarantees
 ----------
 * ``local``: at most ``workers`` runs at once, each process limited to ``cores // workers`` torch
-  threads. Workers ignore Ctrl-C; the parent stops them, so only the runs in flight lose the work
-  since their last checkpoint (``train`` resumes from it next time).
+  threads. Workers ignore Ctrl-C; the parent stops them, and they exit by themselves when the
+  parent is killed, so only the runs in flight lose the work since their last checkpoint
+  (``train`` resumes from it next time).
 * ``submitit-local`` runs the same job function in submitit's local processes (same throttling);
   ``slurm`` submits one job array with ``array_parallelism = workers``. Interrupting the parent of
   a Slurm suite leaves the jobs running on the cluster.
@@ -21,7 +22,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -60,7 +60,7 @@ class Outcome:
 
 
 def execute(args, results: str, threads: int | None = None,
-            after: Callable[[dict], Any] | None = None) -> Outcome:
+            after: Callable[[dict], Any] | None = None, command: Sequence[str] | None = None) -> Outcome:
     """Train one run in this process and write its record; the job function of every executor.
 
     ``after(record)`` is called once the record is on disk (used for W&B); whatever it raises is
@@ -69,7 +69,7 @@ def execute(args, results: str, threads: int | None = None,
     _limit_threads(threads)
     from benchmark.train import train
     cfg = args.resolve()
-    argv = ["relaxbench", "suite-run", cfg.run_id]
+    argv = list(command) if command else ["relaxbench", "suite", "run"]
     record, path = train(cfg, results=Path(results), progress=False, argv=argv)
     if after is not None:
         try:
@@ -92,8 +92,10 @@ class Executor:
     name = "base"
 
     def __init__(self, *, results: Path, workers: int = 1, threads: int | None = None,
-                 after: Callable[[dict], Any] | None = None, options: dict | None = None):
+                 after: Callable[[dict], Any] | None = None, options: dict | None = None,
+                 command: Sequence[str] | None = None):
         self.results = Path(results)
+        self.command = list(command) if command else None
         self.workers = max(1, int(workers))
         self.threads = threads
         self.after = after
@@ -103,8 +105,17 @@ class Executor:
         raise NotImplementedError
 
 
-def _init_worker(threads: int | None) -> None:
+def _exit_with_parent(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:   # the suite was killed: stop too (the checkpoint stays)
+            os._exit(1)
+
+
+def _init_worker(threads: int | None, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    import threading
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _limit_threads(threads)
 
 
@@ -117,7 +128,7 @@ class LocalPoolExecutor(Executor):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.threads,))
+                                   initializer=_init_worker, initargs=(self.threads, os.getpid()))
 
     def run(self, jobs, started, finished) -> None:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -129,7 +140,8 @@ class LocalPoolExecutor(Executor):
             while pending or inflight:
                 while pending and len(inflight) < self.workers:
                     job = pending.pop(0)
-                    inflight[pool.submit(execute, job.args, str(self.results), self.threads, self.after)] = job
+                    inflight[pool.submit(execute, job.args, str(self.results), self.threads, self.after,
+                                          self.command)] = job
                     started(job)
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 broken = False
@@ -211,11 +223,12 @@ class SubmititExecutor(Executor):
         threads = self.threads
         if self.cluster != "local":
             threads = int(self.options.get("cpus") or self.threads or 1)
+        results = str(Path(self.results).resolve())
         pending = list(jobs)
         inflight: dict = {}
         if self.cluster != "local":   # one job array; the scheduler throttles it
             with ex.batch():
-                handles = [ex.submit(execute, job.args, str(Path(self.results).resolve()), threads, self.after)
+                handles = [ex.submit(execute, job.args, results, threads, self.after, self.command)
                            for job in pending]
             inflight = dict(zip(handles, pending))
             pending = []
@@ -224,7 +237,7 @@ class SubmititExecutor(Executor):
             while pending or inflight:
                 while pending and len(inflight) < self.workers:
                     job = pending.pop(0)
-                    handle = ex.submit(execute, job.args, str(Path(self.results).resolve()), threads, self.after)
+                    handle = ex.submit(execute, job.args, results, threads, self.after, self.command)
                     inflight[handle] = job
                 for handle, job in list(inflight.items()):
                     if handle not in running and (self.cluster == "local" or handle.state == "RUNNING"
@@ -254,7 +267,7 @@ class SubmititExecutor(Executor):
 
 
 def make_executor(kind: str, *, results: Path, workers: int, after=None, options: dict | None = None,
-                  folder: Path | None = None) -> Executor:
+                  folder: Path | None = None, command: Sequence[str] | None = None) -> Executor:
     """An executor by name; ``workers`` runs at once, each with ``cores // workers`` threads locally."""
     if kind not in EXECUTORS:
         from benchmark.config import ConfigError
@@ -262,7 +275,7 @@ def make_executor(kind: str, *, results: Path, workers: int, after=None, options
     threads = max(1, available_cores() // max(1, workers))
     if kind == "local":
         return LocalPoolExecutor(results=results, workers=workers, threads=threads, after=after,
-                                 options=dict(options or {}))
+                                 options=dict(options or {}), command=command)
     cluster = "local" if kind == "submitit-local" else "slurm"
     return SubmititExecutor(results=results, workers=workers, threads=threads, after=after,
-                            options=dict(options or {}), cluster=cluster, folder=folder)
+                            options=dict(options or {}), cluster=cluster, folder=folder, command=command)

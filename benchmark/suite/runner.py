@@ -135,7 +135,7 @@ def run_suite(plan: Plan, executor, *, progress: bool = True,
               on_finished: Callable | None = None) -> SuiteResult:
     """Run ``plan.todo`` on ``executor`` with a progress bar; Ctrl-C propagates after cleanup."""
     result = SuiteResult()
-    bar = _Progress(len(plan.todo), plan.spec.name, len(plan.runs) - len(plan.todo), progress)
+    bar = _Progress(len(plan.todo), plan.spec.name, len(plan.runs) - len(plan.todo), progress and bool(plan.todo))
     start = time.perf_counter()
 
     def finished(job, outcome):

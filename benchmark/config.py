@@ -280,3 +280,6 @@ class TrainConfig:
     dtype: str = param("float32", help="floating-point type of the model and data",
                        choices=("float32", "float64"))
     divergence_threshold: float = param(1e6, help="a train loss above this marks the run diverged", gt=0)
+    compile: str = param("auto", help="torch.compile the training forward: on, off, or auto (on for runs of "
+                         ">= 20000 steps, where the one-off compilation pays for itself)",
+                         choices=("auto", "on", "off"))

@@ -66,11 +66,13 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def make_optimizer(groups: list[dict], train_cfg) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
-    # foreach: one kernel per parameter group instead of one per tensor (same arithmetic)
-    if train_cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
-    if train_cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
+    # fused: one kernel for all parameters (deterministic; falls back where unsupported)
+    if train_cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if train_cfg.optimizer == "adam" else torch.optim.AdamW
+        try:
+            return cls(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            return cls(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, foreach=True)
     return torch.optim.SGD(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
@@ -87,6 +89,23 @@ def build(cfg: RunConfig, *, progress: bool = False) -> Built:
     method.attach(model, task, cfg.train)
     optimizer = make_optimizer(method.param_groups(model, cfg.train), cfg.train)
     return Built(cfg, task, model, method, optimizer)
+
+
+COMPILE_MIN_STEPS = 20_000
+
+
+def use_compile(cfg: RunConfig, method: Method) -> bool:
+    """Whether the training forward is compiled (``train.compile``; ``auto``: long runs only).
+
+    Methods that cannot run under ``torch.compile`` declare ``compile_safe = False`` and train eagerly.
+    """
+    mode = cfg.train.compile
+    if mode == "off" or not getattr(method, "compile_safe", True):
+        return False
+    if mode == "on":
+        return True
+    steps = cfg.train.epochs * -(-cfg.train_size // cfg.train.batch_size)
+    return steps >= COMPILE_MIN_STEPS
 
 
 @dataclass
@@ -246,7 +265,8 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
         "params": built.model.num_parameters() if built is not None else 0,
         "timing": {"wall_seconds": wall, "train_seconds": sum(state.step_times),
                    "median_step_seconds": statistics.median(state.step_times) if state.step_times else None,
-                   "epochs": state.epoch, "steps": state.step},
+                   "epochs": state.epoch, "steps": state.step,
+                   "compiled": use_compile(cfg, built.method) if built is not None else False},
         "provenance": provenance(argv),
     }
     write_record(rec_path, record)
@@ -258,6 +278,7 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
 def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation, started: float):
     cfg, task, model, method, opt = built.cfg, built.task, built.model, built.method, built.optimizer
     tc = cfg.train
+    forward = torch.compile(model) if use_compile(cfg, method) else model
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -276,8 +297,8 @@ def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation
                 gammas = model.gammas()
                 ctx = StepContext(model=model, task=task, batch=batch, pred=None, task_loss=None,  # type: ignore[arg-type]
                                   gammas=gammas, gammas_before=gammas.detach().clone(), epoch=epoch,
-                                  step=state.step, num_epochs=tc.epochs, train_cfg=tc, forward=model)
-                ctx.pred = model(batch)
+                                  step=state.step, num_epochs=tc.epochs, train_cfg=tc, forward=forward)
+                ctx.pred = forward(batch)
                 ctx.task_loss = task.loss(ctx.pred, batch)
                 total = method.loss(ctx)
                 value = total.item()

@@ -25,7 +25,7 @@ TINY_MODEL_OVERRIDES = {
 def tiny_overrides(task: str, backbone: str, extra=()) -> list[str]:
     """Tiny data and model overrides; entries of ``extra`` replace those with the same key."""
     items = (list(TINY_TASK_OVERRIDES.get(task, [])) + list(TINY_MODEL_OVERRIDES.get(backbone, []))
-             + ["train.batch_size=16", "train.eval_batch_size=64"] + list(extra))
+             + ["train.batch_size=16", "train.eval_batch_size=64", "train.compile=off"] + list(extra))
     merged = {}
     for item in items:
         merged[item.split("=", 1)[0]] = item

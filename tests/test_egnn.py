@@ -93,3 +93,19 @@ def test_lie_derivative_error_vanishes_only_when_projected(built64):
     assert lie_derivative_error(model, task, batch) > 1e-3
     with model.projected():
         assert lie_derivative_error(model, task, batch) < 1e-10
+
+
+def test_explicit_edge_mask_matches_fully_connected(built64):
+    model = built64.model
+    batch = _batch(built64)
+    N = batch.pos.shape[1]
+    full = (1 - torch.eye(N, dtype=batch.pos.dtype)).expand(len(batch), N, N)
+    with torch.no_grad():
+        assert (model(batch.replace(edge_mask=full)) - model(batch)).abs().max() < 1e-12
+        # dropping one edge everywhere changes the output, and stays equivariant when projected
+        cut = full.clone()
+        cut[:, 0, 1] = cut[:, 1, 0] = 0
+        masked = batch.replace(edge_mask=cut)
+        assert (model(masked) - model(batch)).abs().max() > 1e-6
+    with model.projected():
+        assert_equivariant(model, built64.task, masked, atol=1e-10)

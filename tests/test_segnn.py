@@ -49,7 +49,7 @@ class ReferenceTP(nn.Module):
 
     def forward(self, x: torch.Tensor, attr: torch.Tensor) -> torch.Tensor:
         fast = self.fast[0]
-        out = self.tp(x, attr, fast.weight)
+        out = self.tp(x, attr, fast.e3nn_weight())
         if fast.bias is not None:
             out = out.index_add(-1, self.scalar_index, fast.bias.expand(out.shape[:-1] + fast.bias.shape))
         return out
@@ -115,7 +115,8 @@ class ReferenceSEGNN(nn.Module):
             m = self.gate(layer["m0"](torch.cat([f[dst], f[src], edge_scalars], dim=-1), edge_attr))
             m = self.gate(layer["m1"](m, edge_attr))
             agg = torch.zeros(B * N, m.shape[-1], dtype=m.dtype).index_add_(0, dst, m)
-            inp = torch.cat([f, agg], dim=-1)
+            h0 = self.hidden[0].mul                                  # [f, agg] as (2 h0)x0e + (2 h1)x1o
+            inp = torch.cat([f[:, :h0], agg[:, :h0], f[:, h0:], agg[:, h0:]], dim=-1)
             u = self.gate(layer["relax0"](layer["u0"](inp, node_attr), inp))
             f = f + layer["relax1"](layer["u1"](u, node_attr), u)
         f = self.gate(self.readout0(f, node_attr))
@@ -177,15 +178,22 @@ def tiny():
 ])
 def test_dense_tensor_product_is_e3nn(irreps_in, irreps_out):
     torch.manual_seed(0)
-    tp = TensorProductL1(irreps_in, irreps_out).double()
+    tp = TensorProductL1(irreps_in, irreps_out, attr0=0.37).double()
     if tp.bias is not None:
         nn.init.normal_(tp.bias)
     ref = ReferenceTP(tp)
     x = torch.randn(11, o3.Irreps(irreps_in).dim, dtype=torch.float64)
-    a = torch.randn(11, 4, dtype=torch.float64)
+    a = torch.cat([torch.full((11, 1), 0.37, dtype=torch.float64), torch.randn(11, 3, dtype=torch.float64)], -1)
     s, v = from_flat(x, irreps_in)
-    s2, v2 = tp(s, v, a[:, :1], a[:, 1:])
+    s2, v2 = tp(s, v, a[:, 1:])
     torch.testing.assert_close(to_flat(s2, v2, irreps_out), ref(x, a), atol=1e-12, rtol=0)
+    # the stored matrix is a permutation of e3nn's flat weight vector
+    flat = tp.e3nn_weight().detach().clone()
+    assert flat.numel() == ref.tp.weight_numel == tp.weight.numel()
+    assert torch.equal(torch.sort(flat).values, torch.sort(tp.weight.detach().flatten()).values)
+    other = torch.randn_like(flat)
+    tp.load_e3nn_weight(other)
+    assert torch.equal(tp.e3nn_weight(), other)
 
 
 def test_gate_is_e3nn():
@@ -349,7 +357,8 @@ def test_relaxed_layers_and_representations(tiny):
         mlp = [m for m in layer.branch if isinstance(m, nn.Linear)]
         assert len(mlp) == 3 and any(isinstance(m, nn.GELU) for m in layer.branch)
         assert mlp[0].in_features == layer.rep_in.dim and mlp[-1].out_features == layer.rep_out.dim
-    assert layers[0].rep_in.irreps == hidden + hidden and layers[0].rep_out.irreps == gate_irreps(hidden)
+    assert layers[0].rep_in.irreps == o3.Irreps("16x0e + 16x1o") and layers[0].rep_out.irreps == gate_irreps(hidden)
+    assert hidden == o3.Irreps("8x0e + 8x1o")
     assert layers[1].rep_in.irreps == hidden and layers[1].rep_out.irreps == hidden
 
 
@@ -377,8 +386,8 @@ def test_branch_input_transforms_by_rep_in(tiny):
         x = before[0].reshape(-1, rep_in.dim)
         a1 = torch.randn(x.shape[0], 3, dtype=x.dtype)
         ga1 = (g_node.rotation @ a1[:, :, None])[..., 0]         # the attributes rotate too (1o)
-        sa = layer0.update0(*from_flat(x, rep_in.irreps), 1.0, a1)
-        gsa = layer0.update0(*from_flat(rep_in.act(g_node, x), rep_in.irreps), 1.0, ga1)
+        sa = layer0.update0(*from_flat(x, rep_in.irreps), a1)
+        gsa = layer0.update0(*from_flat(rep_in.act(g_node, x), rep_in.irreps), ga1)
         torch.testing.assert_close(to_flat(*gsa, rep_out.irreps), rep_out.act(g_node, to_flat(*sa, rep_out.irreps)),
                                    atol=1e-5, rtol=0)
     model.set_gammas(1.0)

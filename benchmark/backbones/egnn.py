@@ -43,11 +43,12 @@ class EGNNConfig:
     coord_clamp: float = param(100.0, help="clamp of each coordinate message", gt=0)
 
 
-def neighbour_lists(batch: GeometricBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def neighbour_lists(batch: GeometricBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Padded neighbour lists ``nbr`` (N, K) and their mask (B, N, K, 1).
 
     Fully connected graphs (``edge_mask`` None) list the ``K = N - 1`` other nodes of each node, so
-    no work is spent on self loops; a given ``edge_mask`` is padded to its largest degree.
+    no work is spent on self loops, and need no mask (``None``); a given ``edge_mask`` is padded to
+    its largest degree and masked.
     """
     B, N, _ = batch.pos.shape
     device, dtype = batch.pos.device, batch.pos.dtype
@@ -55,7 +56,7 @@ def neighbour_lists(batch: GeometricBatch) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.arange(N, device=device)
         nbr = torch.stack([torch.cat([idx[:i], idx[i + 1:]]) for i in range(N)]) if N > 1 \
             else torch.zeros(N, 0, dtype=torch.long, device=device)
-        return nbr, torch.ones(1, N, nbr.shape[1], 1, dtype=dtype, device=device)
+        return nbr, None
     any_edge = batch.edge_mask.bool().any(0)                       # (N, N) union over the batch
     K = int(any_edge.sum(1).max().item()) if N else 0
     nbr = torch.zeros(N, K, dtype=torch.long, device=device)
@@ -96,8 +97,11 @@ class EGNNLayer(nn.Module):
         W = lin.weight
         pre = (h @ W[:, :H].T)[:, :, None, :] + (h @ W[:, H:2 * H].T)[:, nbr]
         pre = pre + d * W[:, 2 * H] + edge_attr @ W[:, 2 * H + 1:].T + lin.bias
-        m = self.edge_mlp[3](self.edge_mlp[2](self.edge_mlp[1](pre))) * mask  # (B, N, K, H)
-        trans = torch.clamp(r * self.coord_mlp(m), -self.clamp, self.clamp) * mask
+        m = self.edge_mlp[3](self.edge_mlp[2](self.edge_mlp[1](pre)))      # (B, N, K, H)
+        trans = torch.clamp(r * self.coord_mlp(m), -self.clamp, self.clamp)
+        if mask is not None:
+            m = m * mask
+            trans = trans * mask
         x_new = x + trans.sum(2) * inv_deg + self.vel_mlp(h) * vel
         h_new = h + self.node_mlp(torch.cat([h, m.sum(2)], dim=-1))
         out = self.relax(torch.cat([h_new, x_new], dim=-1), lambda: torch.cat([h, x, vel], dim=-1))
@@ -125,7 +129,8 @@ class EGNN(HomotopyModel):
     def forward(self, batch: GeometricBatch) -> torch.Tensor:
         pos, vel = batch.pos, batch.vel
         nbr, mask = neighbour_lists(batch)
-        inv_deg = 1.0 / mask.sum(2).clamp(min=1.0)                  # (B or 1, N, 1): mean over neighbours
+        # mean over neighbours: 1 / degree, (B, N, 1)
+        inv_deg = 1.0 / max(nbr.shape[1], 1) if mask is None else 1.0 / mask.sum(2).clamp(min=1.0)
         rows = torch.arange(pos.shape[1], device=pos.device)[:, None]
         r0 = pos[:, :, None, :] - pos[:, nbr]
         edge_attr = torch.cat([batch.edge_attr[:, rows, nbr], (r0 * r0).sum(-1, keepdim=True)], dim=-1)

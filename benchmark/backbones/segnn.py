@@ -48,8 +48,9 @@ from torch import nn
 from benchmark.config import param
 from benchmark.groups import IrrepsRep
 from benchmark.nn import BRANCH_KINDS, HomotopyModel, RelaxedLayer, make_branch
-from benchmark.nn._tensor_product import (SH0, SH1, GateL1, TensorProductL1, cartesian_to_e3nn, e3nn_to_cartesian,
-                                          from_flat, gate_irreps, split_channels, to_flat, weight_balanced_irreps)
+from benchmark.nn._tensor_product import (SH0, SH1, TensorProductL1, cartesian_to_e3nn, e3nn_to_cartesian,
+                                          from_flat, gate, gate_activations, gate_irreps, irreps_blocks, split_channels,
+                                          tensor_product, to_flat, weight_balanced_irreps)
 from benchmark.registry import BACKBONES
 from benchmark.tasks._base import GeometricBatch
 
@@ -65,6 +66,7 @@ class SEGNNConfig:
     branch: str = param("mlp", help="unconstrained branch of each relaxed layer", choices=BRANCH_KINDS)
     branch_hidden: int = param(64, help="hidden width of the mlp branch", ge=1)
     branch_layers: int = param(3, help="linear layers of the mlp branch", ge=1)
+    compile: bool = param(False, help="torch.compile each layer's equivariant part for training steps")
 
 
 class Geometry(NamedTuple):
@@ -72,15 +74,17 @@ class Geometry(NamedTuple):
 
     mask: torch.Tensor          # (B or 1, N, N, 1): 1 where j sends to i
     edge_sh: torch.Tensor       # (B, N, N, 3): l = 1 harmonics of r_ij (l = 0 is the constant SH0)
+    edge_sh_sq: torch.Tensor    # (B, N, N, 1): |edge_sh|^2 (SH1^2, or 0 on self loops)
     edge_scalars: torch.Tensor  # (B, N, N, 1 + E): |x_i - x_j| and the task's invariant edge attributes
     node_sh: torch.Tensor       # (B, N, 3): l = 1 part of the node attributes (l = 0 is 1)
 
 
-def geometry(batch: GeometricBatch) -> Geometry:
-    pos = batch.pos
-    B, N, _ = pos.shape
-    if batch.edge_mask is not None:
-        mask = batch.edge_mask.to(pos.dtype)
+def geometry(pos: torch.Tensor, vel: torch.Tensor, edge_attr: torch.Tensor,
+             edge_mask: torch.Tensor | None) -> Geometry:
+    """The attributes every layer reads (see the module docstring), from a batch's tensors."""
+    N = pos.shape[1]
+    if edge_mask is not None:
+        mask = edge_mask.to(pos.dtype)
     else:
         mask = (1.0 - torch.eye(N, dtype=pos.dtype, device=pos.device))[None]
     mask = mask[..., None]
@@ -89,9 +93,109 @@ def geometry(batch: GeometricBatch) -> Geometry:
     dist = torch.where(r2 > 0, r2, torch.ones_like(r2)).sqrt()         # no 0/0 on self loops
     edge_sh = SH1 * cartesian_to_e3nn(rel / dist)
     deg = mask.sum(2).clamp(min=1.0)
-    node_sh = (edge_sh * mask).sum(2) / deg + SH1 * cartesian_to_e3nn(F.normalize(batch.vel, dim=-1))
-    edge_scalars = torch.cat([dist, batch.edge_attr], dim=-1)
-    return Geometry(mask, edge_sh, edge_scalars, node_sh)
+    node_sh = (edge_sh * mask).sum(2) / deg + SH1 * cartesian_to_e3nn(F.normalize(vel, dim=-1))
+    edge_scalars = torch.cat([dist, edge_attr], dim=-1)
+    return Geometry(mask, edge_sh, (edge_sh * edge_sh).sum(-1, keepdim=True), edge_scalars, node_sh)
+
+
+def centroid(pos: torch.Tensor) -> torch.Tensor:
+    """The centre of each system, ``(B, 1, 3)``: the mean over its particles (not over the
+    coordinates of each particle, the published code's slip)."""
+    return pos.mean(dim=1, keepdim=True)
+
+
+def input_features(pos: torch.Tensor, vel: torch.Tensor, node_attr: torch.Tensor | None):
+    """``(s, v)`` of the input irreps ``2x1o + (1+F)x0e``: vectors ``[x_i - centroid, v_i]``,
+    scalars ``[|v_i|, node scalars]``."""
+    v = torch.stack([cartesian_to_e3nn(pos - centroid(pos)), cartesian_to_e3nn(vel)], dim=-1)   # (B, N, 3, 2)
+    s = vel.norm(dim=-1, keepdim=True)
+    if node_attr is not None:
+        s = torch.cat([s, node_attr], dim=-1)
+    return s, v
+
+
+def prelude(pos, vel, edge_attr, edge_mask, node_attr, emb, emb_sizes):
+    """Geometry and embedded node features ``(geo, s, v)``; ``emb = (weight, coef, bias)``."""
+    geo = geometry(pos, vel, edge_attr, edge_mask)
+    s, v = input_features(pos, vel, node_attr)
+    s, v = tensor_product(s, v, geo.node_sh, emb[0] * emb[1], emb[2], emb_sizes)
+    return geo, s, v
+
+
+def readout(s, v, pos, node_sh, r0, r1, sizes0, sizes1):
+    """Gated product, product to ``1x1o``, added to the input positions."""
+    s, v = gate(*tensor_product(s, v, node_sh, r0[0] * r0[1], r0[2], sizes0), sizes1[0])   # h0 scalars
+    _, v = tensor_product(s, v, node_sh, r1[0] * r1[1], r1[2], sizes1)
+    return pos + e3nn_to_cartesian(v[..., 0])
+
+
+def message_aggregate(s, v, edge_sh, edge_sh_sq, edge_scalars, mask, K0, bias0, K1, bias1, sizes):
+    """``sum_j m_ij``: the two gated message products of one layer, summed over neighbours.
+
+    A pure function (for ``torch.compile``) of the node features ``(s, v)``, the geometry, the
+    two products' kernels and biases and ``sizes = (h0, h1, e, c0, c1)``: hidden scalar and
+    vector channels, edge scalars, gated scalar outputs (scalars and gates) and vector outputs.
+
+    The first product is linear in ``[f_i, f_j, e_ij]``: it is applied to the nodes and then
+    broadcast to the edges, with ``<a1_ij, .>`` contracted on node tensors by batched matmuls.
+    The second needs ``<a1_ij, m_ij>`` of the gated vector messages ``m_ij = g_ij (a1_ij sv_ij +
+    p_i + q_j)``, which is ``g_ij (|a1_ij|^2 sv_ij + <a1_ij, p_i> + <a1_ij, q_j>)``, again from
+    node tensors; its ``a1_ij sv_ij`` part and its own ``0e x 1o -> 1o`` paths are summed over
+    ``j`` as one batched matmul with ``a1``. The only per-edge vector tensors left are
+    ``g_ij (p_i + q_j)``, its channel product and the output gates.
+    """
+    h0, h1, e, c0, c1 = sizes
+    a1 = edge_sh
+    a1_t = a1.transpose(1, 2)
+    c = c0 + c1
+    # first product: rows [s_i, s_j, e_ij, v_i, v_j], nodes times [K_i | K_j] in one product each
+    Ki, Kj, Ke, Kvi, Kvj = K0.split([h0, h0, e, h1, h1], dim=0)
+    Si, Sj = (s @ torch.cat([Ki, Kj], dim=1)).split([c, c], dim=-1)                  # (B, N, C)
+    Vi, Vj = (v @ torch.cat([Kvi, Kvj], dim=1)).split([c, c], dim=-1)                # (B, N, 3, C)
+    lin0, sv = (Si.unsqueeze(2) + Sj.unsqueeze(1) + edge_scalars @ Ke).split([c0, c1], dim=-1)
+    dot0, dot1 = (a1 @ Vi + (a1_t @ Vj).transpose(1, 2)).split([c0, c1], dim=-1)   # <a1_ij, V_i + V_j>
+    p, q = Vi.split([c0, c1], dim=-1)[1], Vj.split([c0, c1], dim=-1)[1]
+    ms, g = gate_activations(lin0 + dot0 + bias0, h0)
+    a1v = (edge_sh_sq * sv + dot1) * g                                                 # <a1_ij, m_ij>
+    # second product (edge attributes again), gated and masked, summed over j
+    KA, KB = K1.split([h0, h1], dim=0)
+    B0, B1 = KB.split([c0, c1], dim=1)
+    o0, o1 = (ms @ KA).split([c0, c1], dim=-1)
+    out_s, G = gate_activations(o0 + a1v @ B0 + bias1, h0, mask)
+    mvB = ((p.unsqueeze(2) + q.unsqueeze(1)) * g.unsqueeze(-2)) @ B1
+    o1 = o1 + (g * sv) @ B1
+    agg_v = (mvB * G.unsqueeze(-2)).sum(2) + a1.transpose(-1, -2) @ (o1 * G)
+    return out_s.sum(2), agg_v
+
+
+def layer_part0(s, v, geo: Geometry, m0, m1, u0, sizes):
+    """Messages, aggregation and the first update product (before its relaxation and gate).
+    ``m0``, ``m1``, ``u0``: ``(weight, coef, bias)`` of the products; returns the update's input
+    and output ``(x_s, x_v, u_s, u_v)``."""
+    h0, h1, e, c0, c1 = sizes
+    agg_s, agg_v = message_aggregate(s, v, geo.edge_sh, geo.edge_sh_sq, geo.edge_scalars, geo.mask,
+                                     m0[0] * m0[1], m0[2], m1[0] * m1[1], m1[2], sizes)
+    x_s, x_v = torch.cat([s, agg_s], dim=-1), torch.cat([v, agg_v], dim=-1)
+    u_s, u_v = tensor_product(x_s, x_v, geo.node_sh, u0[0] * u0[1], u0[2], (2 * h0, 2 * h1, c0, c1))
+    return x_s, x_v, u_s, u_v
+
+
+def layer_part1(u_s, u_v, node_sh, u1, sizes):
+    """The update's gate and second product: returns the gated ``(g_s, g_v)`` and the product."""
+    h0, h1, e, c0, c1 = sizes
+    g_s, g_v = gate(u_s, u_v, h0)
+    d_s, d_v = tensor_product(g_s, g_v, node_sh, u1[0] * u1[1], u1[2], (h0, h1, h0, h1))
+    return g_s, g_v, d_s, d_v
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """``torch.compile(fn)``, once per process (shared by every layer and model)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, fullgraph=True)
+    return _COMPILED[fn]
 
 
 class SEGNNLayer(nn.Module):
@@ -101,16 +205,18 @@ class SEGNNLayer(nn.Module):
     def __init__(self, hidden: o3.Irreps, edge_scalars: int, cfg: SEGNNConfig, name: str):
         super().__init__()
         self.hidden = hidden
-        self.h0, self.h1 = split_channels(hidden)
+        h0, h1 = split_channels(hidden)
         gated = gate_irreps(hidden)
-        self.message0 = TensorProductL1(hidden + hidden + o3.Irreps(f"{edge_scalars}x0e"), gated)
-        self.message1 = TensorProductL1(hidden, gated)
-        self.update0 = TensorProductL1(hidden + hidden, gated)
+        self.message0 = TensorProductL1(hidden + hidden + o3.Irreps(f"{edge_scalars}x0e"), gated, attr0=SH0)
+        self.message1 = TensorProductL1(hidden, gated, attr0=SH0)
+        update_in = o3.Irreps(f"{2 * h0}x0e + {2 * h1}x1o")          # [f_i, sum_j m_ij], scalars first
+        self.update0 = TensorProductL1(update_in, gated)
         self.update1 = TensorProductL1(hidden, hidden)
-        self.gate = GateL1(self.h0)
-        self.irreps_update0 = (hidden + hidden, gated)
-        self.irreps_update1 = (hidden, hidden)
-        self.relax0 = self._relaxed_layer(cfg, hidden + hidden, gated, f"{name}.update0")
+        self.sizes = (h0, h1, edge_scalars, self.message0.cs_out, self.message0.cv_out)
+        # flat layouts of the relaxed layers' input and output, as plain integers
+        self.blocks_update0 = (irreps_blocks(update_in), irreps_blocks(gated))
+        self.blocks_update1 = (irreps_blocks(hidden), irreps_blocks(hidden))
+        self.relax0 = self._relaxed_layer(cfg, update_in, gated, f"{name}.update0")
         self.relax1 = self._relaxed_layer(cfg, hidden, hidden, f"{name}.update1")
 
     @staticmethod
@@ -120,42 +226,29 @@ class SEGNNLayer(nn.Module):
                              act=nn.GELU)
         return RelaxedLayer(branch, rep_in, rep_out, name)
 
-    def messages(self, s: torch.Tensor, v: torch.Tensor, geo: Geometry):
-        """Gated messages ``m_ij`` (``(B, N, N, C0)``, ``(B, N, N, 3, C1)``), masked."""
-        tp, h0, h1 = self.message0, self.h0, self.h1
-        A, Bv = tp.kernels()
-        k = tp.cs_out
-        # the first product is linear in [f_i, f_j, e_ij]: apply it to nodes, then broadcast to edges
-        si, sj = s @ A[:h0], s @ A[h0:2 * h0]                              # (B, N, C)
-        vi, vj = v @ Bv[:h1], v @ Bv[h1:]                                  # (B, N, 3, C)
-        a1 = geo.edge_sh
-        sa = si[:, :, None] + sj[:, None] + geo.edge_scalars @ A[2 * h0:]
-        ms = SH0 * sa[..., :k] + a1 @ vi[..., :k] + (a1.transpose(1, 2) @ vj[..., :k]).transpose(1, 2)
-        ms = ms + tp.bias
-        mv = a1.unsqueeze(-1) * sa[..., None, k:] + SH0 * (vi[..., k:][:, :, None] + vj[..., k:][:, None])
-        ms, mv = self.gate(ms, mv)
-        ms, mv = self.gate(*self.message1(ms, mv, SH0, a1))
-        return ms * geo.mask, mv * geo.mask.unsqueeze(-1)
-
-    def forward(self, s: torch.Tensor, v: torch.Tensor, geo: Geometry):
-        ms, mv = self.messages(s, v, geo)
-        x_s, x_v = torch.cat([s, ms.sum(2)], dim=-1), torch.cat([v, mv.sum(2)], dim=-1)
-        u_s, u_v = self.update0(x_s, x_v, 1.0, geo.node_sh)
-        u_s, u_v = _relax(self.relax0, u_s, u_v, self.irreps_update0, x_s, x_v)
-        u_s, u_v = self.gate(u_s, u_v)
-        d_s, d_v = self.update1(u_s, u_v, 1.0, geo.node_sh)
-        d_s, d_v = _relax(self.relax1, d_s, d_v, self.irreps_update1, u_s, u_v)
+    def forward(self, s: torch.Tensor, v: torch.Tensor, geo: Geometry, compiled: bool = False):
+        part0 = _compiled(layer_part0) if compiled else layer_part0
+        part1 = _compiled(layer_part1) if compiled else layer_part1
+        x_s, x_v, u_s, u_v = part0(s, v, geo, _params(self.message0), _params(self.message1),
+                                   _params(self.update0), self.sizes)
+        u_s, u_v = _relax(self.relax0, u_s, u_v, self.blocks_update0, x_s, x_v)
+        g_s, g_v, d_s, d_v = part1(u_s, u_v, geo.node_sh, _params(self.update1), self.sizes)
+        d_s, d_v = _relax(self.relax1, d_s, d_v, self.blocks_update1, g_s, g_v)
         return s + d_s, v + d_v
 
 
-def _relax(layer: RelaxedLayer, s, v, irreps, in_s, in_v):
+def _params(tp: TensorProductL1):
+    return tp.weight, tp.coef(), tp.bias
+
+
+def _relax(layer: RelaxedLayer, s, v, blocks, in_s, in_v):
     """``f_eq + gamma * f_neq`` on the flattened e3nn irreps vectors (skipped when ``f_eq`` alone
     is evaluated, to spare the layout round trip)."""
     if layer.branch is None or layer.project:
         return s, v
-    irreps_in, irreps_out = irreps
-    out = layer(to_flat(s, v, irreps_out), lambda: to_flat(in_s, in_v, irreps_in))
-    return from_flat(out, irreps_out)
+    blocks_in, blocks_out = blocks
+    out = layer(to_flat(s, v, blocks_out), lambda: to_flat(in_s, in_v, blocks_in))
+    return from_flat(out, blocks_out)
 
 
 @BACKBONES.register("segnn", config=SEGNNConfig)
@@ -178,37 +271,38 @@ class SEGNN(HomotopyModel):
         self.hidden_irreps = weight_balanced_irreps(cfg.hidden, cfg.lmax_h)
         self.input_irreps = o3.Irreps(f"2x1o + {node_scalars}x0e")
         hidden = self.hidden_irreps
-        h0, _ = split_channels(hidden)
         self.embedding = TensorProductL1(self.input_irreps, hidden)
         self.layers = nn.ModuleList(SEGNNLayer(hidden, edge_scalars, cfg, f"layer{i}") for i in range(cfg.layers))
         self.readout0 = TensorProductL1(hidden, gate_irreps(hidden))
-        self.readout_gate = GateL1(h0)
         self.readout1 = TensorProductL1(hidden, "1x1o")
+        self.compile = cfg.compile
 
-    @staticmethod
-    def centroid(pos: torch.Tensor) -> torch.Tensor:
-        """The centre of each system, ``(B, 1, 3)``: the mean over its particles."""
-        return pos.mean(dim=1, keepdim=True)
+    centroid = staticmethod(centroid)
 
     def input_features(self, batch: GeometricBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s, v)`` of the input irreps ``2x1o + (1+F)x0e``: ``[x_i - centroid, v_i]`` and
-        ``[|v_i|, node scalars]``."""
-        centred = batch.pos - self.centroid(batch.pos)
-        v = torch.stack([cartesian_to_e3nn(centred), cartesian_to_e3nn(batch.vel)], dim=-1)   # (B, N, 3, 2)
-        s = batch.vel.norm(dim=-1, keepdim=True)
-        if batch.node_attr is not None:
-            s = torch.cat([s, batch.node_attr], dim=-1)
-        return s, v
+        """``(s, v)`` of the input irreps ``2x1o + (1+F)x0e``: vectors ``[x_i - centroid, v_i]``,
+        scalars ``[|v_i|, node scalars]``."""
+        return input_features(batch.pos, batch.vel, batch.node_attr)
 
     def input_flat(self, batch: GeometricBatch) -> torch.Tensor:
         """The input features in e3nn's flat layout of :attr:`input_irreps`."""
         return to_flat(*self.input_features(batch), self.input_irreps)
 
     def forward(self, batch: GeometricBatch) -> torch.Tensor:
-        geo = geometry(batch)
-        s, v = self.embedding(*self.input_features(batch), 1.0, geo.node_sh)
-        for layer in self.layers:
-            s, v = layer(s, v, geo)
-        s, v = self.readout_gate(*self.readout0(s, v, 1.0, geo.node_sh))
-        _, v = self.readout1(s, v, 1.0, geo.node_sh)
-        return batch.pos + e3nn_to_cartesian(v[..., 0])
+        if self.compile == "full" and torch.is_grad_enabled():
+            return _compiled(_forward)(self, batch.pos, batch.vel, batch.edge_attr, batch.edge_mask, batch.node_attr,
+                                       False)
+        compiled = bool(self.compile) and torch.is_grad_enabled()
+        return _forward(self, batch.pos, batch.vel, batch.edge_attr, batch.edge_mask, batch.node_attr, compiled)
+
+
+def _forward(model: SEGNN, pos, vel, edge_attr, edge_mask, node_attr, compiled: bool):
+    # compiled for training steps only: evaluation (no grad) runs eagerly and needs no graphs;
+    # the relaxed layers always run eagerly, between the compiled parts
+    run_prelude = _compiled(prelude) if compiled else prelude
+    run_readout = _compiled(readout) if compiled else readout
+    geo, s, v = run_prelude(pos, vel, edge_attr, edge_mask, node_attr, _params(model.embedding), model.embedding.sizes)
+    for layer in model.layers:
+        s, v = layer(s, v, geo, compiled)
+    return run_readout(s, v, pos, geo.node_sh, _params(model.readout0), _params(model.readout1),
+                       model.readout0.sizes, model.readout1.sizes)

@@ -42,8 +42,9 @@ from e3nn import o3
 from e3nn.math import normalize2mom
 from torch import nn
 
-__all__ = ["ATTR_IRREPS", "TensorProductL1", "GateL1", "weight_balanced_irreps", "to_flat", "from_flat",
-           "split_channels", "gate_irreps", "dot", "sh_l1", "cartesian_to_e3nn", "e3nn_to_cartesian"]
+__all__ = ["ATTR_IRREPS", "TensorProductL1", "tensor_product", "GateL1", "gate", "gate_activations",
+           "weight_balanced_irreps", "gate_irreps", "split_channels", "to_flat", "from_flat", "irreps_blocks", "dot",
+           "sh_l1", "cartesian_to_e3nn", "e3nn_to_cartesian", "C_SILU", "C_SIGMOID"]
 
 SCALAR = o3.Irrep("0e")
 VECTOR = o3.Irrep("1o")
@@ -88,37 +89,49 @@ def split_channels(irreps) -> tuple[int, int]:
     return (sum(mul for mul, ir in irreps if ir == SCALAR), sum(mul for mul, ir in irreps if ir == VECTOR))
 
 
-def to_flat(s: torch.Tensor, v: torch.Tensor, irreps) -> torch.Tensor:
-    """``(s, v)`` in e3nn's flat layout of ``irreps`` (``0e`` and ``1o`` blocks in any order).
-
-    Scalar blocks take the scalar channels in order, vector blocks the vector channels in order.
-    """
+def irreps_blocks(irreps) -> tuple[tuple[int, int], ...]:
+    """``(l, mul)`` of each block of ``irreps`` (``0e`` / ``1o`` only), as plain integers."""
+    if type(irreps) is tuple:                 # already blocks (an Irreps is a tuple subclass)
+        return irreps
     irreps = o3.Irreps(irreps)
+    _check_irreps(irreps, "irreps")
+    return tuple((ir.l, mul) for mul, ir in irreps)
+
+
+def to_flat(s: torch.Tensor, v: torch.Tensor, irreps) -> torch.Tensor:
+    """``(s, v)`` in e3nn's flat layout of ``irreps`` (``0e`` and ``1o`` blocks in any order, or
+    their :func:`irreps_blocks`). Scalar blocks take the scalar channels in order, vector blocks
+    the vector channels in order."""
+    blocks = irreps_blocks(irreps)
+    if len(blocks) == 2 and blocks[0][0] == 0 and blocks[1][0] == 1:          # n0x0e + n1x1o: one copy
+        return torch.cat([s, v.transpose(-1, -2).flatten(-2)], dim=-1)
     parts = []
     i0 = i1 = 0
-    for mul, ir in irreps:
-        if ir == SCALAR:
+    for l, mul in blocks:
+        if l == 0:
             parts.append(s[..., i0:i0 + mul])
             i0 += mul
-        elif ir == VECTOR:
+        else:
             parts.append(v[..., :, i1:i1 + mul].transpose(-1, -2).reshape(v.shape[:-2] + (3 * mul,)))
             i1 += mul
-        else:
-            raise ValueError(f"to_flat: irrep {ir} of {irreps} is neither 0e nor 1o")
     return torch.cat(parts, dim=-1)
 
 
 def from_flat(x: torch.Tensor, irreps) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`to_flat`: ``(s, v)`` from e3nn's flat layout of ``irreps``."""
-    irreps = o3.Irreps(irreps)
+    blocks = irreps_blocks(irreps)
+    if len(blocks) == 2 and blocks[0][0] == 0 and blocks[1][0] == 1:          # n0x0e + n1x1o: views
+        s, v = x.split([blocks[0][1], 3 * blocks[1][1]], dim=-1)
+        return s, v.unflatten(-1, (blocks[1][1], 3)).transpose(-1, -2)
     s_parts, v_parts = [], []
-    for (mul, ir), sl in zip(irreps, irreps.slices()):
-        if ir == SCALAR:
-            s_parts.append(x[..., sl])
-        elif ir == VECTOR:
-            v_parts.append(x[..., sl].reshape(x.shape[:-1] + (mul, 3)).transpose(-1, -2))
+    start = 0
+    for l, mul in blocks:
+        if l == 0:
+            s_parts.append(x[..., start:start + mul])
+            start += mul
         else:
-            raise ValueError(f"from_flat: irrep {ir} of {irreps} is neither 0e nor 1o")
+            v_parts.append(x[..., start:start + 3 * mul].reshape(x.shape[:-1] + (mul, 3)).transpose(-1, -2))
+            start += 3 * mul
     batch = x.shape[:-1]
     s = torch.cat(s_parts, dim=-1) if s_parts else x.new_zeros(batch + (0,))
     v = torch.cat(v_parts, dim=-1) if v_parts else x.new_zeros(batch + (3, 0))
@@ -253,24 +266,43 @@ class TensorProductL1(nn.Module):
         """Set the weights from e3nn's flat layout."""
         self.weight.view(-1)[self._to_e3nn.to(self.weight.device)] = flat.to(self.weight)
 
-    def kernels(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(A0, A1, B0, B1)``: scalar inputs to scalar / vector outputs, vector inputs to scalar
-        / vector outputs; normalisation, Clebsch-Gordan constants and ``attr0`` included."""
+    def coef(self) -> torch.Tensor:
+        """The constant factor of each entry of :attr:`weight` (e3nn's path normalisation, the
+        Clebsch-Gordan constant and ``attr0``), in the weight's dtype."""
         key = (self.weight.dtype, self.weight.device)
         if key not in self._consts:
             self._consts[key] = self._coef.to(self.weight.device, self.weight.dtype)
-        K = self.weight * self._consts[key]
-        i, o = self.cs_in, self.cs_out
-        return K[:i, :o], K[:i, o:], K[i:, :o], K[i:, o:]
+        return self._consts[key]
+
+    def kernel(self) -> torch.Tensor:
+        """The merged kernel ``(C0_in + C1_in, C0_out + C1_out)``, ``weight * coef``. Its blocks:
+        scalar rows to scalar columns (``0e x 0e -> 0e``) and to vector columns (``0e x 1o ->
+        1o``), vector rows to scalar columns (``1o x 1o -> 0e``, applied to ``<a1, v>``) and to
+        vector columns (``1o x 0e -> 1o``)."""
+        return self.weight * self.coef()
+
+    @property
+    def sizes(self) -> tuple[int, int, int, int]:
+        """``(C0_in, C1_in, C0_out, C1_out)``."""
+        return self.cs_in, self.cv_in, self.cs_out, self.cv_out
 
     def forward(self, s: torch.Tensor, v: torch.Tensor, a1: torch.Tensor):
         """``(s, v)`` with ``l = 1`` attributes ``a1`` (``(..., 3)``, broadcast against ``s``)."""
-        A0, A1, B0, B1 = self.kernels()
-        out_s = s @ A0 + dot(a1, v) @ B0
-        if self.bias is not None:
-            out_s = out_s + self.bias
-        out_v = a1.unsqueeze(-1) * (s @ A1).unsqueeze(-2) + v @ B1
-        return out_s, out_v
+        return tensor_product(s, v, a1, self.kernel(), self.bias, self.sizes)
+
+
+def tensor_product(s: torch.Tensor, v: torch.Tensor, a1: torch.Tensor, K: torch.Tensor,
+                   bias: torch.Tensor | None, sizes: tuple[int, int, int, int]):
+    """The product of :class:`TensorProductL1` as a pure function of its kernel ``K`` (see
+    :meth:`TensorProductL1.kernel`), ``bias`` and ``sizes = (C0_in, C1_in, C0_out, C1_out)``."""
+    cs_in, cv_in, cs_out, cv_out = sizes
+    KA, KB = K.split([cs_in, cv_in], dim=0)
+    B0, B1 = KB.split([cs_out, cv_out], dim=1)
+    s0, s1 = (s @ KA).split([cs_out, cv_out], dim=-1)
+    out_s = s0 + dot(a1, v) @ B0
+    if bias is not None:
+        out_s = out_s + bias
+    return out_s, torch.addcmul(v @ B1, a1.unsqueeze(-1), s1.unsqueeze(-2))
 
 
 def dot(a1: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -287,20 +319,39 @@ def _delta_pattern(l1: int, l2: int, l3: int) -> torch.Tensor:
     return {(0, 1, 1): eye[None], (1, 0, 1): eye[:, None], (1, 1, 0): eye[:, :, None]}[(l1, l2, l3)]
 
 
-class GateL1(nn.Module):
+# e3nn's second-moment normalisation of the gate's activations (``e3nn.math.normalize2mom``)
+C_SILU = float(normalize2mom(F.silu).cst)
+C_SIGMOID = float(normalize2mom(torch.sigmoid).cst)
+
+
+def gate_activations(s: torch.Tensor, num_scalars: int, mask: torch.Tensor | None = None):
+    """``(silu(scalars), sigmoid(gates))`` of ``s = [scalars, gates]``, normalised as e3nn's
+    ``Gate`` does, each times ``mask`` if given."""
+    scalars, gates = s.split([num_scalars, s.shape[-1] - num_scalars], dim=-1)
+    if mask is None:
+        return F.silu(scalars) * C_SILU, torch.sigmoid(gates) * C_SIGMOID
+    return F.silu(scalars) * (mask * C_SILU), torch.sigmoid(gates) * (mask * C_SIGMOID)
+
+
+def gate(s: torch.Tensor, v: torch.Tensor, num_scalars: int, mask: torch.Tensor | None = None):
     """e3nn's ``Gate(Nx0e, [silu], Mx0e, [sigmoid], Mx1o)`` on ``(s, v)``: ``s`` holds the ``N``
-    scalars then the ``M`` gates; both activations carry e3nn's second-moment normalisation."""
+    scalars then the ``M`` gates; an optional ``mask`` multiplies the whole output."""
+    scalars, gates = gate_activations(s, num_scalars, mask)
+    return scalars, v * gates.unsqueeze(-2)
+
+
+class GateL1(nn.Module):
+    """:func:`gate` as a module (``num_scalars`` fixed)."""
 
     def __init__(self, num_scalars: int):
         super().__init__()
         self.num_scalars = num_scalars
-        self.c_silu = float(normalize2mom(F.silu).cst)
-        self.c_sigmoid = float(normalize2mom(torch.sigmoid).cst)
 
-    def forward(self, s: torch.Tensor, v: torch.Tensor):
-        n = self.num_scalars
-        gates = torch.sigmoid(s[..., n:]) * self.c_sigmoid
-        return F.silu(s[..., :n]) * self.c_silu, v * gates.unsqueeze(-2)
+    def extra_repr(self) -> str:
+        return f"num_scalars={self.num_scalars}"
+
+    def forward(self, s: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None):
+        return gate(s, v, self.num_scalars, mask)
 
 
 def gate_irreps(hidden) -> o3.Irreps:

@@ -2,12 +2,15 @@
 
 Both networks hold the same parameters (the reference of ``tests/test_segnn.py`` reads them from a
 copy of the fast model) and train on the same random N-body batch: forward, MSE loss, backward and
-an Adam step (lr 5e-4, weight decay 1e-12). Steps of the two alternate in rounds in one process,
-so machine load hits both alike; the medians and their ratio are printed.
+a fused Adam step (lr 5e-4, weight decay 1e-12), as in the train loop. Steps of the two alternate
+in rounds in one process, so machine load hits both alike; the medians and their ratio are printed,
+for wall time and for the CPU time of the (single) compute thread, which other jobs on a shared
+machine disturb less.
 
     python benchmarks/segnn_step_time.py                      # batch 100, hidden 64, 4 layers
     python benchmarks/segnn_step_time.py --branch none        # the strict network
     python benchmarks/segnn_step_time.py --compile            # add torch.compile of the fast model
+    python benchmarks/segnn_step_time.py --compile-reference  # add torch.compile of the reference
     python benchmarks/segnn_step_time.py --profile            # where the fast step spends its time
 """
 
@@ -60,7 +63,7 @@ def random_batch(batch_size: int, particles: int, seed: int = 0) -> GeometricBat
 
 
 def make_step(forward, params, batch):
-    opt = torch.optim.Adam(params, lr=5e-4, weight_decay=1e-12)
+    opt = torch.optim.Adam(params, lr=5e-4, weight_decay=1e-12, fused=True)      # as the train loop
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -71,10 +74,12 @@ def make_step(forward, params, batch):
     return step
 
 
-def timed(step) -> float:
-    t0 = time.perf_counter()
+def timed(step) -> tuple[float, float]:
+    """Wall time and CPU time of this thread (the latter is what other jobs on a shared machine
+    disturb least; with one intra-op thread it is the step's compute)."""
+    c0, t0 = time.thread_time(), time.perf_counter()
     step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
 def main(argv=None) -> None:
@@ -89,6 +94,7 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the fast model")
+    p.add_argument("--compile-reference", action="store_true", help="also time torch.compile of the reference")
     p.add_argument("--no-reference", action="store_true", help="time the fast model only")
     p.add_argument("--profile", action="store_true", help="print the fast step's profile")
     args = p.parse_args(argv)
@@ -106,29 +112,44 @@ def main(argv=None) -> None:
     if not args.no_reference:
         twin = copy.deepcopy(fast)
         steps["reference"] = make_step(_reference_class()(twin), twin.parameters(), batch)
-    if args.compile:
+    if args.compile:        # as the train loop does with train.compile=on: the training forward compiled
         twin_c = copy.deepcopy(fast)
-        compiled = torch.compile(twin_c)
         t0 = time.perf_counter()
-        steps["fast+compile"] = make_step(compiled, twin_c.parameters(), batch)
+        steps["fast+compile"] = make_step(torch.compile(twin_c), twin_c.parameters(), batch)
         steps["fast+compile"]()
         print(f"torch.compile: first step (compilation) {time.perf_counter() - t0:.1f} s")
+    if args.compile_reference:
+        twin_r = copy.deepcopy(fast)
+        t0 = time.perf_counter()
+        step = make_step(torch.compile(_reference_class()(twin_r)), twin_r.parameters(), batch)
+        try:
+            step()
+            steps["reference+compile"] = step
+            print(f"torch.compile of the reference: first step (compilation) {time.perf_counter() - t0:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - report and go on without it
+            print(f"torch.compile of the reference fails: {type(exc).__name__}: {str(exc).strip()[:200]}")
 
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(args.rounds):
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
         for name, step in steps.items():
-            times[name].extend(timed(step) for _ in range(args.steps))
-    med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
-    for name, t in times.items():
-        q = statistics.quantiles([x * 1e3 for x in t], n=4)
-        print(f"{name:>13}: median {med[name]:8.2f} ms/step  (quartiles {q[0]:.2f} .. {q[2]:.2f}, {len(t)} steps)")
+            for _ in range(args.steps):
+                w, c = timed(step)
+                wall[name].append(w * 1e3)
+                cpu[name].append(c * 1e3)
+    med = {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in steps}
+    for name in steps:
+        q = statistics.quantiles(wall[name], n=4)
+        print(f"{name:>13}: median {med[name][0]:8.2f} ms/step wall (quartiles {q[0]:.2f} .. {q[2]:.2f}), "
+              f"{med[name][1]:8.2f} ms/step CPU, {len(wall[name])} steps")
     if "reference" in med:
         for name in med:
             if name != "reference":
-                print(f"speed-up of {name} over the per-edge e3nn reference: {med['reference'] / med[name]:.1f}x")
+                print(f"speed-up of {name} over the per-edge e3nn reference: "
+                      f"{med['reference'][0] / med[name][0]:.1f}x wall, {med['reference'][1] / med[name][1]:.1f}x CPU")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -71,3 +71,14 @@ def test_irreps_rep_matches_e3nn_wigner_d():
     z = torch.randn(3, rep.dim, dtype=F64)
     D = o3.Irreps("1x0e + 1x1o + 1x2e").D_from_matrix(g.rotation)
     assert torch.allclose(rep.act(g, z), (D @ z[..., None])[..., 0])
+
+
+def test_irreps_positions_transform_like_cartesian_positions():
+    """A 1x1o position in an e3nn layout moves exactly as R x + t, also for (B, N, dim) features."""
+    irr = IrrepsRep("1x0e + 1x1o", positions=(1,))
+    cart = CartesianRep([("scalar", 1), ("position", 1)])
+    g = GROUP.sample(4, torch.Generator().manual_seed(5), dtype=F64)
+    z = torch.randn(4, 7, 4, dtype=F64)                       # one element per sample, 7 nodes each
+    assert (irr.act(g, z) - cart.act(g, z)).abs().max() < 1e-12
+    for k in range(6):
+        assert (irr.lie(k, z) - cart.lie(k, z)).abs().max() < 1e-12

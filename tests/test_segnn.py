@@ -412,6 +412,32 @@ def test_default_configuration():
     assert math.isclose(resolve("nbody", "segnn", "strict").train.lr, 5e-4)
 
 
+def test_coefficients_keep_float64_precision():
+    """Casting a model to float32 and back must not round e3nn's normalisation constants."""
+    tp = TensorProductL1("4x0e + 2x1o", "3x0e + 1x1o", attr0=0.3)
+    tp.float().double()
+    assert tp.coef.dtype == torch.float64
+    assert torch.equal(tp.coef, tp._coef64)
+
+
+@pytest.mark.slow
+def test_compiles_without_graph_breaks():
+    """``torch.compile(model, fullgraph=True)`` (as ``train.compile`` uses it, relaxed layers
+    included) traces the whole network in one graph: same values and gradients as eager."""
+    model = _randomise(_built().model, seed=8)
+    batch = _random_batch(_built().task.split("valid"), seed=9)
+    compiled = torch.compile(model, fullgraph=True)
+    results = []
+    for net in (compiled, model):
+        model.zero_grad()
+        out = net(batch)
+        (out ** 2).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-10, rtol=1e-10)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], atol=1e-9, rtol=1e-9, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Every method trains on it
 # ---------------------------------------------------------------------------------------------

@@ -228,11 +228,11 @@ class IrrepsRep:
         return f"IrrepsRep({self.irreps}, positions={self.positions})"
 
     def _translation_matrix(self, dtype, device) -> torch.Tensor:
-        # maps a Cartesian translation t (x, y, z) to the flat vector (e3nn order y, z, x)
+        # maps a Cartesian translation t to the flat vector (e3nn >= 0.5 orders l = 1 as x, y, z)
         T = torch.zeros(3, self.dim, dtype=dtype, device=device)
         for sl in self._position_slices:
-            for cart, e3 in ((0, 2), (1, 0), (2, 1)):
-                T[cart, sl.start + e3] = 1.0
+            for cart in range(3):
+                T[cart, sl.start + cart] = 1.0
         return T
 
     def act(self, g: E3Elements, z: torch.Tensor) -> torch.Tensor:

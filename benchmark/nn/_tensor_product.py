@@ -196,6 +196,10 @@ class TensorProductL1(nn.Module):
         column ``w`` (scalar outputs, then vector outputs) holds the weight ``W_uw`` of the one
         path between them. A permutation of e3nn's flat weight vector (:meth:`e3nn_weight`),
         initialised N(0, 1) as e3nn does.
+    coef : same shape (buffer)
+        The constant of each weight: e3nn's path normalisation times the Clebsch-Gordan constant
+        (times ``attr0`` on the paths through the ``l = 0`` attribute); kept in the weight's dtype
+        and always recomputed from float64 when the module is cast.
     """
 
     def __init__(self, irreps_in, irreps_out, *, attr0: float = 1.0, bias: bool = True):
@@ -243,10 +247,16 @@ class TensorProductL1(nn.Module):
             raise AssertionError("every (input, output) channel pair must be exactly one path")
         self.weight = nn.Parameter(torch.randn(rows, cols))
         self.bias = nn.Parameter(torch.zeros(self.cs_out)) if bias and self.cs_out else None
-        # plain attributes, not buffers: ``module.to(float32)`` must not round the float64 constants
         self._to_e3nn = to_e3nn
-        self._coef = coef
-        self._consts: dict = {}
+        # the constants in float64, and a buffer in the weight's dtype always derived from them (a
+        # plain float32 -> float64 round trip of the buffer would lose precision)
+        self._coef64 = coef
+        self.register_buffer("coef", coef.to(self.weight.dtype), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.coef = self._coef64.to(device=self.weight.device, dtype=self.weight.dtype)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} x {ATTR_IRREPS} -> {self.irreps_out}, attr0={self.attr0:.6g}"
@@ -266,20 +276,12 @@ class TensorProductL1(nn.Module):
         """Set the weights from e3nn's flat layout."""
         self.weight.view(-1)[self._to_e3nn.to(self.weight.device)] = flat.to(self.weight)
 
-    def coef(self) -> torch.Tensor:
-        """The constant factor of each entry of :attr:`weight` (e3nn's path normalisation, the
-        Clebsch-Gordan constant and ``attr0``), in the weight's dtype."""
-        key = (self.weight.dtype, self.weight.device)
-        if key not in self._consts:
-            self._consts[key] = self._coef.to(self.weight.device, self.weight.dtype)
-        return self._consts[key]
-
     def kernel(self) -> torch.Tensor:
         """The merged kernel ``(C0_in + C1_in, C0_out + C1_out)``, ``weight * coef``. Its blocks:
         scalar rows to scalar columns (``0e x 0e -> 0e``) and to vector columns (``0e x 1o ->
         1o``), vector rows to scalar columns (``1o x 1o -> 0e``, applied to ``<a1, v>``) and to
         vector columns (``1o x 0e -> 1o``)."""
-        return self.weight * self.coef()
+        return self.weight * self.coef
 
     @property
     def sizes(self) -> tuple[int, int, int, int]:

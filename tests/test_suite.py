@@ -323,3 +323,19 @@ def test_killed_suite_takes_its_workers_along_and_resumes(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert len(list((results / "runs").rglob("*.json"))) == 2
+
+
+def test_grid_list_is_the_union_of_its_grids(tmp_path):
+    data = {"name": "two", "protocol": "p",
+            "grid": [{"tasks": ["nbody"], "backbones": ["egnn"], "methods": ["strict", "unconstrained"],
+                      "train_sizes": [32], "seeds": [0, 1]},
+                     {"tasks": ["nbody"], "backbones": ["egnn"], "methods": ["strict"],
+                      "train_sizes": [32, 48], "seeds": [1, 2]}]}
+    spec = parse_spec(data, path=tmp_path / "two.yaml")
+    planned = {(r.cell.method, r.cell.train_size, r.seed) for r in spec.runs()}
+    assert planned == {("strict", 32, 0), ("strict", 32, 1), ("strict", 32, 2), ("unconstrained", 32, 0),
+                       ("unconstrained", 32, 1), ("strict", 48, 1), ("strict", 48, 2)}
+    assert len(spec.runs()) == len(planned)
+    with pytest.raises(SpecError, match=r"grid\[1\]\.seeds"):
+        parse_spec({**data, "grid": [data["grid"][0], {k: v for k, v in data["grid"][1].items() if k != "seeds"}]},
+                   path=tmp_path / "bad.yaml")

@@ -5,7 +5,7 @@ A specification is read with ``yaml.safe_load`` and checked before anything runs
     name: quick                      # the suite's name (default: the file's stem)
     protocol: "nbody 1000/500/500, egnn h32, 30 epochs"   # the label printed under every table
     description: "..."               # optional free text
-    grid:
+    grid:                            # or a list of such mappings: the union of their runs
       tasks: [nbody]
       backbones: [egnn]
       methods: "*"                   # names or shell-style patterns; "*" is every registered method
@@ -126,11 +126,24 @@ class Spec:
     wandb: dict = field(default_factory=dict)
     executor: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    # a spec's grid may be a list of grids: their union, each with its own seeds
+    grids: list[dict] = field(default_factory=list)
 
     # -- grid -----------------------------------------------------------------------------------
+    def _grids(self) -> list[dict]:
+        return self.grids or [{"tasks": self.tasks, "backbones": self.backbones, "methods": self.methods,
+                               "train_sizes": self.train_sizes, "seeds": self.seeds}]
+
+    def _cells_with_seeds(self) -> list[tuple[Cell, list[int]]]:
+        out: dict[Cell, list[int]] = {}
+        for g in self._grids():
+            for t, b, m, n in itertools.product(g["tasks"], g["backbones"], g["methods"], g["train_sizes"]):
+                seeds = out.setdefault(Cell(t, b, m, n), [])
+                seeds.extend(s for s in g["seeds"] if s not in seeds)
+        return list(out.items())
+
     def grid_cells(self) -> list[Cell]:
-        return [Cell(t, b, m, n) for t, b, m, n in
-                itertools.product(self.tasks, self.backbones, self.methods, self.train_sizes)]
+        return [cell for cell, _ in self._cells_with_seeds()]
 
     def overrides_for(self, cell: Cell, seed: int) -> list[str]:
         out = list(self.overrides)
@@ -144,8 +157,8 @@ class Spec:
     def runs(self) -> list[PlannedRun]:
         """Every run of the grid, resolved and validated (cells in grid order, seeds innermost)."""
         planned = []
-        for cell in self.grid_cells():
-            for seed in self.seeds:
+        for cell, seeds in self._cells_with_seeds():
+            for seed in seeds:
                 overrides = self.overrides_for(cell, seed)
                 try:
                     cfg = resolve(cell.task, cell.backbone, cell.method, seed=seed, train_size=cell.train_size,
@@ -273,18 +286,30 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
     protocol = data.get("protocol")
     if not isinstance(protocol, str) or not protocol.strip():
         raise _err(path, "protocol", "required: a one-line label of the protocol (data, schedule, model)")
-    grid = data.get("grid")
-    if not isinstance(grid, dict):
-        raise _err(path, "grid", f"required: a mapping with keys {', '.join(GRID_KEYS)}")
-    _check_keys(grid, GRID_KEYS, path, "grid.")
-    for key in GRID_KEYS:
-        if key not in grid:
-            raise _err(path, f"grid.{key}", "required")
-    tasks = _names(grid["tasks"], TASKS, path, "grid.tasks")
-    backbones = _names(grid["backbones"], BACKBONES, path, "grid.backbones")
-    methods = _names(grid["methods"], METHODS, path, "grid.methods")
-    train_sizes = _ints(grid["train_sizes"], path, "grid.train_sizes", 1)
-    seeds = _ints(grid["seeds"], path, "grid.seeds", 0)
+    grid_raw = data.get("grid")
+    grid_list = grid_raw if isinstance(grid_raw, list) and grid_raw else [grid_raw]
+    grids = []
+    for i, grid in enumerate(grid_list):
+        where = "grid" if len(grid_list) == 1 and not isinstance(grid_raw, list) else f"grid[{i}]"
+        if not isinstance(grid, dict):
+            raise _err(path, where, f"required: a mapping (or a list of mappings) with keys {', '.join(GRID_KEYS)}")
+        _check_keys(grid, GRID_KEYS, path, where + ".")
+        for key in GRID_KEYS:
+            if key not in grid:
+                raise _err(path, f"{where}.{key}", "required")
+        grids.append({"tasks": _names(grid["tasks"], TASKS, path, f"{where}.tasks"),
+                      "backbones": _names(grid["backbones"], BACKBONES, path, f"{where}.backbones"),
+                      "methods": _names(grid["methods"], METHODS, path, f"{where}.methods"),
+                      "train_sizes": _ints(grid["train_sizes"], path, f"{where}.train_sizes", 1),
+                      "seeds": _ints(grid["seeds"], path, f"{where}.seeds", 0)})
+
+    def union(key):
+        out = []
+        for g in grids:
+            out.extend(v for v in g[key] if v not in out)
+        return out
+    tasks, backbones, methods = union("tasks"), union("backbones"), union("methods")
+    train_sizes, seeds = union("train_sizes"), union("seeds")
     overrides = _overrides(data.get("overrides"), path, "overrides")
 
     epochs = data.get("epochs")
@@ -338,4 +363,4 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
                 tasks=tasks, backbones=backbones, methods=methods, train_sizes=train_sizes, seeds=seeds,
                 overrides=overrides, epochs=epochs, preset=preset, cells=cells, headline=headline,
                 reference=reference, description=description.strip(), wandb=wandb, executor=executor,
-                raw=data)
+                raw=data, grids=grids if len(grids) > 1 else [])

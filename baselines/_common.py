@@ -46,12 +46,12 @@ class DualVariables:
     """
 
     def __init__(self, n: int, lr: float, optimizer: str = "sgd", nonnegative: bool = False,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         if optimizer not in DUAL_OPTIMIZERS:
             raise ValueError(f"dual optimizer {optimizer!r}; allowed: {', '.join(DUAL_OPTIMIZERS)}")
         self.lr = lr
         self.nonnegative = nonnegative
-        self._value = torch.zeros(n, dtype=dtype, requires_grad=optimizer == "adam")
+        self._value = torch.zeros(n, dtype=dtype, device=device, requires_grad=optimizer == "adam")
         self._opt = torch.optim.Adam([self._value], lr=lr) if optimizer == "adam" else None
 
     @property
@@ -62,7 +62,7 @@ class DualVariables:
     @torch.no_grad()
     def ascend(self, constraint: torch.Tensor) -> None:
         """One ascent step along the constraint values ``c`` (taken at the pre-step iterate)."""
-        c = constraint.detach().to(self._value.dtype)
+        c = constraint.detach().to(self._value)
         if self._opt is None:
             self._value.add_(self.lr * c)
         else:

@@ -61,11 +61,12 @@ class AceElastic(Method):
 
     def attach(self, model, task, train_cfg) -> None:
         model.make_gammas_learnable(init=self.cfg.gamma_init)              # line 1
-        n, dtype = model.num_gammas, model.gammas().dtype
+        n, gammas = model.num_gammas, model.gammas()
+        dtype, device = gammas.dtype, gammas.device
         self.dual = DualVariables(n, self.cfg.dual_lr, optimizer=self.cfg.dual_optimizer,
-                                  nonnegative=True, dtype=dtype)
+                                  nonnegative=True, dtype=dtype, device=device)
         # the slack (line 5): a primal parameter, unless it is taken in closed form
-        self.u = nn.Parameter(torch.zeros(n, dtype=dtype), requires_grad=self.cfg.slack == "gradient")
+        self.u = nn.Parameter(torch.zeros(n, dtype=dtype, device=device), requires_grad=self.cfg.slack == "gradient")
         self._u_before = self.slack()
 
     def param_groups(self, model, train_cfg) -> list[dict]:
@@ -81,7 +82,7 @@ class AceElastic(Method):
         return self.u.detach().clone()
 
     def loss(self, step: StepContext) -> torch.Tensor:                    # lines 3-5 descend L
-        lam = self.dual.value.to(step.gammas.dtype)
+        lam = self.dual.value.to(step.gammas)
         u = self.u if self.cfg.slack == "gradient" else self.slack()
         self._u_before = self.slack()
         return (step.task_loss + (lam * (step.gammas.abs() - u)).sum()

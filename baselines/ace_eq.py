@@ -56,12 +56,12 @@ class AceEquality(Method):
 
     def attach(self, model, task, train_cfg) -> None:
         model.make_gammas_learnable(init=self.cfg.gamma_init)              # line 1: gamma(0)
-        dtype = model.gammas().dtype
+        gammas = model.gammas()
         self.dual = DualVariables(model.num_gammas, self.cfg.dual_lr,      # line 1: lambda(0) = 0
-                                  optimizer=self.cfg.dual_optimizer, dtype=dtype)
+                                  optimizer=self.cfg.dual_optimizer, dtype=gammas.dtype, device=gammas.device)
 
     def loss(self, step: StepContext) -> torch.Tensor:                    # lines 3-4 descend L
-        return step.task_loss + (self.dual.value.to(step.gammas.dtype) * step.gammas).sum()
+        return step.task_loss + (self.dual.value.to(step.gammas) * step.gammas).sum()
 
     def after_step(self, step: StepContext) -> None:                      # line 5, gamma(t)
         self.dual.ascend(step.gammas_before)

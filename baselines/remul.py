@@ -101,7 +101,7 @@ class GradNorm:
         """One GradNorm update of the weights from this minibatch's ``losses`` (graphs kept) and the
         shared weight ``shared``; returns the weights used *before* the update."""
         used = self.weights.clone()
-        values = torch.stack([loss.detach().to(torch.float64) for loss in losses])
+        values = torch.stack([loss.detach().to("cpu", torch.float64) for loss in losses])
         if self.initial is None:
             self.initial = values.clone()
         norms = []
@@ -122,8 +122,8 @@ class GradNorm:
         return {"weights": self.weights.clone(), "initial": None if self.initial is None else self.initial.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.weights = state["weights"].clone().to(torch.float64)
-        self.initial = None if state["initial"] is None else state["initial"].clone().to(torch.float64)
+        self.weights = state["weights"].to("cpu", torch.float64).clone()
+        self.initial = None if state["initial"] is None else state["initial"].to("cpu", torch.float64).clone()
 
 
 @METHODS.register("remul", config=RemulConfig)

@@ -76,13 +76,15 @@ def cmd_run(args) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    from benchmark.devices import resolve_device
+    device = resolve_device(args.device)
     from benchmark.train import train
     wandb_logger = None
     if getattr(args, "wandb", False):
         from benchmark.report.wandb_logger import WandbRunLogger  # optional extra
         wandb_logger = WandbRunLogger(project=args.wandb_project)
     record, path = train(cfg, results=results, resume=not args.no_resume, progress=not args.quiet,
-                         argv=["relaxbench"] + list(args.argv))
+                         argv=["relaxbench"] + list(args.argv), device=device)
     if wandb_logger is not None:
         wandb_logger.log_record(record)
     print(summary_line(record))
@@ -154,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="a named set of paper settings, e.g. 'ace'")
     p.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--device", default=None,
+                   help="auto (a GPU when there is one), cpu, cuda or cuda:N; default $RELAXBENCH_DEVICE or auto")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (offline without a key)")

@@ -77,7 +77,8 @@ def lie_derivative_error(model, task, batch, batch_size: int = 500) -> float | N
             def along(t, k=k, chunk=chunk, n=n):
                 g = group.exp(k, t, n)
                 return task.act_output(g.inverse(), model(task.act_input(g, chunk)))
-            t0 = torch.zeros((), dtype=chunk.pos.dtype if hasattr(chunk, "pos") else torch.float32)
+            ref = chunk.pos if hasattr(chunk, "pos") else None
+            t0 = torch.zeros((), dtype=torch.float32) if ref is None else ref.new_zeros(())
             with torch.no_grad():
                 _, tangent = torch.func.jvp(along, (t0,), (torch.ones_like(t0),))
             total += task.output_norm(tangent).sum().item()

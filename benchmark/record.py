@@ -146,7 +146,7 @@ def _git_sha() -> str | None:
     return None
 
 
-def provenance(argv: list[str] | None = None) -> dict[str, Any]:
+def provenance(argv: list[str] | None = None, device: Any = None) -> dict[str, Any]:
     """Git SHA, package versions, device and command line of this process."""
     import numpy
     import torch
@@ -160,9 +160,8 @@ def provenance(argv: list[str] | None = None) -> dict[str, Any]:
         versions["relaxbench"] = version("relaxbench")
     except Exception:
         versions["relaxbench"] = "unknown"
-    device = "cpu"
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"git_sha": _git_sha(), "packages": versions, "device": device,
             "torch_threads": torch.get_num_threads(), "platform": platform.platform(terse=True),
             "command": list(sys.argv if argv is None else argv)}

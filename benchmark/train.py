@@ -2,6 +2,9 @@
 
 Guarantees
 ----------
+* Device-agnostic: ``device`` (else ``$RELAXBENCH_DEVICE``, else a GPU when there is one) only
+  says where the tensors live; it is not part of the configuration, and checkpoints load on any
+  device, so a run started on a GPU can be finished on a CPU.
 * Deterministic under a seed on CPU: the data order of epoch ``e`` is drawn from a generator
   seeded by ``(seed, e)``, model initialisation from ``seed``, and evaluation's group elements from
   a fixed generator, so the same configuration gives the same numbers.
@@ -28,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from benchmark.devices import resolve_device
 from benchmark.evaluate import evaluate_variant, truncation_error
 from benchmark.experiment import RunConfig
 from benchmark.method import EpochContext, Method, StepContext
@@ -76,14 +80,18 @@ def make_optimizer(groups: list[dict], train_cfg) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
-def build(cfg: RunConfig, *, progress: bool = False) -> Built:
-    """Build task, model, method and optimiser of ``cfg`` (seeded, in that order)."""
+def build(cfg: RunConfig, *, progress: bool = False, device: torch.device | str | None = None) -> Built:
+    """Build task, model, method and optimiser of ``cfg`` (seeded, in that order) on ``device``
+    (see :func:`benchmark.devices.resolve_device`)."""
     dtype = DTYPES[cfg.train.dtype]
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
     task_cls = TASKS.get(cfg.task).obj
     kwargs = {"progress": progress} if "progress" in task_cls.__init__.__code__.co_varnames else {}
     task = task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=dtype, **kwargs)
+    if device.type != "cpu":
+        task.to(device)
     _seed_all(cfg.seed)
-    model = BACKBONES.get(cfg.backbone).obj(cfg.model_cfg, task).to(dtype)
+    model = BACKBONES.get(cfg.backbone).obj(cfg.model_cfg, task).to(dtype=dtype, device=device)
     method = METHODS.get(cfg.method).obj(cfg.method_cfg)
     method.seed = cfg.seed
     method.attach(model, task, cfg.train)
@@ -223,8 +231,8 @@ def _diagnostics(built: Built) -> dict:
 
 def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = True, progress: bool = True,
           on_evaluation: Callable[[int, dict], None] | None = None, keep_checkpoint: bool = False,
-          argv: list[str] | None = None) -> tuple[dict, Path]:
-    """Train and evaluate one run; write and return its record and the record's path.
+          argv: list[str] | None = None, device: torch.device | str | None = None) -> tuple[dict, Path]:
+    """Train and evaluate one run on ``device``; write and return its record and the record's path.
 
     ``on_evaluation(epoch, row)`` is called after each evaluation's checkpoint; raising
     :class:`RunInterrupted` from it stops the run there (the checkpoint stays for a resume).
@@ -236,8 +244,9 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
     state = _State()
     status, reason = "completed", None
     built: Built | None = None
+    device = resolve_device(device) if not isinstance(device, torch.device) else device  # bad name: ConfigError
     try:
-        built = build(cfg, progress=progress)
+        built = build(cfg, progress=progress, device=device)
         if resume:
             state = _load_checkpoint(ckpt, built) or state
         status, reason = _loop(built, state, ckpt, progress, on_evaluation, started)
@@ -267,7 +276,7 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
                    "median_step_seconds": statistics.median(state.step_times) if state.step_times else None,
                    "epochs": state.epoch, "steps": state.step,
                    "compiled": use_compile(cfg, built.method) if built is not None else False},
-        "provenance": provenance(argv),
+        "provenance": provenance(argv, device=device),
     }
     write_record(rec_path, record)
     if status == "completed" and not keep_checkpoint and ckpt.exists():

@@ -37,12 +37,19 @@ def _private_data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("relaxbench-data")
     old = os.environ.get("RELAXBENCH_DATA")
     os.environ["RELAXBENCH_DATA"] = str(root)
+    # the numbers the tests pin are CPU numbers; tests that use a GPU ask for it explicitly
+    old_device = os.environ.get("RELAXBENCH_DEVICE")
+    os.environ["RELAXBENCH_DEVICE"] = "cpu"
     torch.set_num_threads(1)
     yield root
     if old is None:
         os.environ.pop("RELAXBENCH_DATA", None)
     else:
         os.environ["RELAXBENCH_DATA"] = old
+    if old_device is None:
+        os.environ.pop("RELAXBENCH_DEVICE", None)
+    else:
+        os.environ["RELAXBENCH_DEVICE"] = old_device
 
 
 @pytest.fixture

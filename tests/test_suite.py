@@ -115,7 +115,9 @@ def test_shipped_suites_state_their_protocol():
     for name in names:
         spec = load_spec(name)
         assert spec.protocol and spec.name == name
-        assert spec.methods == METHODS.list()
+        assert set(spec.methods) <= set(METHODS.list())
+        if name in ("quick", "nbody-methods", "nbody-segnn-cpu", "nbody-segnn-paper", "nbody-sample-efficiency"):
+            assert spec.methods == METHODS.list()                     # comparisons cover every method
         header = Path(str(spec.path)).read_text().split("\nname:")[0]
         assert header.startswith("#") and "Protocol:" in header      # the header says the protocol
     quick = load_spec("quick")

@@ -38,8 +38,9 @@ class E3Elements:
     def __len__(self) -> int:
         return self.rotation.shape[0]
 
-    def to(self, dtype: torch.dtype) -> "E3Elements":
-        return E3Elements(self.rotation.to(dtype), self.translation.to(dtype))
+    def to(self, *args, **kwargs) -> "E3Elements":
+        """Convert like :meth:`torch.Tensor.to` (a dtype, a device, or a tensor to match)."""
+        return E3Elements(self.rotation.to(*args, **kwargs), self.translation.to(*args, **kwargs))
 
     @property
     def det(self) -> torch.Tensor:
@@ -102,13 +103,13 @@ class EuclideanGroup:
         times; differentiable in the scalar ``t`` (for Lie derivatives by ``torch.func.jvp``)."""
         if not 0 <= k < self.lie_dim:
             raise ValueError(f"{self.name} has Lie-algebra generators 0..{self.lie_dim - 1}, got {k}")
-        dtype = t.dtype
+        dtype, device = t.dtype, t.device
         if k < 3:
-            R = torch.linalg.matrix_exp(t * so3_generators_cartesian(dtype)[k])
-            tr = torch.zeros(3, dtype=dtype) * t
+            R = torch.linalg.matrix_exp(t * so3_generators_cartesian(dtype).to(device)[k])
+            tr = torch.zeros(3, dtype=dtype, device=device) * t
         else:
-            R = torch.eye(3, dtype=dtype) + 0 * t
-            tr = torch.eye(3, dtype=dtype)[k - 3] * t
+            R = torch.eye(3, dtype=dtype, device=device) + 0 * t
+            tr = torch.eye(3, dtype=dtype, device=device)[k - 3] * t
         return E3Elements(R.expand(n, 3, 3), tr.expand(n, 3))
 
 
@@ -150,9 +151,9 @@ class CartesianRep:
 
     def act(self, g: E3Elements, z: torch.Tensor) -> torch.Tensor:
         n, mid = z.shape[0], (1,) * (z.dim() - 2)
-        R = g.rotation.to(z.dtype).reshape((n,) + mid + (1, 3, 3))
-        det = torch.linalg.det(g.rotation.to(z.dtype)).reshape((n,) + mid + (1,))
-        t = g.translation.to(z.dtype).reshape((n,) + mid + (1, 3))
+        R = g.rotation.to(z).reshape((n,) + mid + (1, 3, 3))
+        det = torch.linalg.det(g.rotation.to(z)).reshape((n,) + mid + (1,))
+        t = g.translation.to(z).reshape((n,) + mid + (1, 3))
         parts = []
         for kind, mult, part in self._split(z):
             if kind == "scalar":
@@ -238,10 +239,10 @@ class IrrepsRep:
     def act(self, g: E3Elements, z: torch.Tensor) -> torch.Tensor:
         n, mid = z.shape[0], (1,) * (z.dim() - 2)
         with e3nn_precision(z.dtype):
-            D = self.irreps.D_from_matrix(g.rotation.to(z.dtype))  # (n, dim, dim)
+            D = self.irreps.D_from_matrix(g.rotation.to(z))  # (n, dim, dim)
         out = (D.reshape((n,) + mid + D.shape[1:]) @ z[..., None])[..., 0]
         if self._position_slices:
-            shift = g.translation.to(z.dtype) @ self._translation_matrix(z.dtype, z.device)
+            shift = g.translation.to(z) @ self._translation_matrix(z.dtype, z.device)
             out = out + shift.reshape((n,) + mid + (self.dim,))
         return out
 

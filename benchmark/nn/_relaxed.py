@@ -120,7 +120,8 @@ class HomotopyModel(nn.Module):
         """The gammas as one differentiable vector, in layer order (empty for a strict model)."""
         layers = self.relaxed_layers()
         if not layers:
-            return torch.zeros(0)
+            param = next(self.parameters(), None)
+            return torch.zeros(0) if param is None else param.new_zeros(0)
         return torch.stack([layer.gamma for layer in layers])
 
     def gamma_parameters(self) -> list[nn.Parameter]:

@@ -7,13 +7,14 @@ hands the records to :mod:`benchmark.report` for the suite's tables and figures.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 from benchmark.config import ConfigError
 from benchmark.suite.executors import EXECUTORS, available_cores, make_executor
-from benchmark.suite.runner import (cell_status, format_status, plan_suite, prepare_data, run_suite,
-                                    write_manifest)
+from benchmark.suite.runner import (cell_status, format_status, parse_only, plan_suite, prepare_data,
+                                    run_suite, write_manifest)
 from benchmark.suite.spec import load_spec, shipped_suites
 
 __all__ = ["add_parser"]
@@ -47,12 +48,19 @@ def cmd_suite_run(args) -> int:
         value = getattr(args, key, None)
         if value is not None and value < 0:
             raise ConfigError(f"--{key}={value}: must be >= 0")
-    plan = plan_suite(spec, results, retry_failed=args.retry_failed)
+    only = parse_only(args.only)
+    device = None
+    if args.device is not None:  # checked here; the workers inherit it through the environment
+        from benchmark.devices import DEVICE_ENV, resolve_device
+        device = resolve_device(args.device)
+        os.environ[DEVICE_ENV] = str(device)
+    plan = plan_suite(spec, results, retry_failed=args.retry_failed, only=only)
     counts = plan.counts()
     workers = args.workers or (int(spec.executor.get("array_parallelism") or 32) if args.executor == "slurm"
                                else available_cores())
     state = ", ".join(f"{counts[s]} {s}" for s in ("completed", "diverged", "failed", "missing") if counts[s])
-    print(f"suite {spec.name}: {len(plan.runs)} runs ({state}); {len(plan.todo)} to run"
+    part = f" (the part {' '.join(args.only)})" if only else ""
+    print(f"suite {spec.name}{part}: {len(plan.runs)} runs ({state}); {len(plan.todo)} to run"
           + ("" if args.dry_run else f" on {args.executor} with {workers} workers"), file=sys.stderr)
     print(f"protocol: {spec.protocol}", file=sys.stderr)
     if counts["failed"] and not args.retry_failed:
@@ -120,6 +128,12 @@ def add_parser(sub) -> None:
                    help="local process pool, submitit's local processes, or Slurm through submitit")
     r.add_argument("--workers", type=int, default=None,
                    help="runs at once (default: the cores here; slurm: the array parallelism, 32)")
+    r.add_argument("--only", action="append", metavar="KEY=PATTERN[,PATTERN]",
+                   help="run only this part of the grid, e.g. --only backbone=segnn --only method='ace-*,strict' "
+                        "(keys: task, backbone, method, seed, train_size; repeatable)")
+    r.add_argument("--device", default=None,
+                   help="where runs train: auto (a GPU when there is one), cpu, cuda or cuda:N; default "
+                        "$RELAXBENCH_DEVICE or auto")
     r.add_argument("--dry-run", action="store_true", help="list what would run and stop")
     r.add_argument("--retry-failed", action="store_true", help="rerun runs whose record says failed")
     r.add_argument("--quiet", action="store_true", help="no progress bars")

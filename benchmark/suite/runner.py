@@ -13,6 +13,7 @@ Guarantees
 
 from __future__ import annotations
 
+import fnmatch
 import sys
 import time
 from collections import Counter
@@ -20,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from benchmark.config import ConfigError
 from benchmark.record import read_record, record_path, write_json_atomic
 from benchmark.suite.spec import Cell, PlannedRun, Spec
 
-__all__ = ["Plan", "plan_suite", "prepare_data", "run_suite", "cell_status", "format_status",
+__all__ = ["Plan", "plan_suite", "parse_only", "ONLY_KEYS", "prepare_data", "run_suite", "cell_status", "format_status",
            "write_manifest", "SuiteResult", "STATES"]
 
 STATES = ("completed", "diverged", "failed", "missing")
@@ -54,8 +56,32 @@ class Plan:
         return Counter(self.states.values())
 
 
-def plan_suite(spec: Spec, results: Path, *, retry_failed: bool = False) -> Plan:
-    runs = spec.runs()
+ONLY_KEYS = ("task", "backbone", "method", "seed", "train_size")
+
+
+def parse_only(items: list[str] | None) -> dict[str, list[str]]:
+    """``["backbone=segnn", "method=ace-*,strict"]`` as ``{key: [patterns]}`` (keys: ONLY_KEYS)."""
+    only: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in ONLY_KEYS or not value.strip():
+            raise ConfigError(f"--only {item!r}: expected KEY=PATTERN[,PATTERN...] with KEY one of "
+                              f"{', '.join(ONLY_KEYS)}")
+        only.setdefault(key, []).extend(v.strip() for v in value.split(",") if v.strip())
+    return only
+
+
+def _selected(run: PlannedRun, only: dict[str, list[str]]) -> bool:
+    cfg = run.cfg
+    return all(any(fnmatch.fnmatchcase(str(getattr(cfg, key)), pattern) for pattern in patterns)
+               for key, patterns in only.items())
+
+
+def plan_suite(spec: Spec, results: Path, *, retry_failed: bool = False,
+               only: dict[str, list[str]] | None = None) -> Plan:
+    """The suite's runs (those matching ``only``, a part of the grid, if given) and their states."""
+    runs = [run for run in spec.runs() if not only or _selected(run, only)]
     states = {run.run_id: existing_status(results, run) for run in runs}
     rerun = {"missing", "failed"} if retry_failed else {"missing"}
     todo = [run for run in runs if states[run.run_id] in rerun]
@@ -80,8 +106,9 @@ def prepare_data(runs: list[PlannedRun], *, progress: bool = True) -> int:
 
 
 def write_manifest(spec: Spec, plan: Plan, results: Path, command: list[str]) -> Path:
-    """``<results>/suites/<name>.json``: the suite's protocol, headlines and run ids."""
-    data = {**spec.summary(), "runs": [run.run_id for run in plan.runs], "command": command}
+    """``<results>/suites/<name>.json``: the suite's protocol, headlines and the run ids of the whole
+    grid (also when ``plan`` covers only a part of it)."""
+    data = {**spec.summary(), "runs": [run.run_id for run in spec.runs()], "command": command}
     return write_json_atomic(Path(results) / "suites" / f"{spec.name}.json", data)
 
 

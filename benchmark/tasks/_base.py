@@ -54,9 +54,12 @@ class GeometricBatch:
         return GeometricBatch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
                                  for f in dataclasses.fields(self)})
 
-    def to(self, dtype: torch.dtype) -> "GeometricBatch":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "GeometricBatch":
+        """The batch with floating-point fields cast to ``dtype`` and every field moved to ``device``."""
         def conv(t):
-            return None if t is None else (t.to(dtype) if t.is_floating_point() else t)
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
         return GeometricBatch(**{f.name: conv(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
     def permute_nodes(self, perm: torch.Tensor) -> "GeometricBatch":
@@ -112,6 +115,20 @@ class Task:
         return cls.max_train_size
 
     # -- data -------------------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> "Task":
+        """Move the splits held in memory to ``device`` (in place); returns the task.
+
+        The default moves every object of the ``_splits`` mapping that has a ``to(device=...)``
+        method; a task that keeps its data elsewhere overrides this.
+        """
+        splits = getattr(self, "_splits", None)
+        if splits is None:
+            raise NotImplementedError(f"task {self.name!r} cannot move its data to {device}")
+        for key, value in splits.items():
+            splits[key] = value.to(device=device)
+        self.device = torch.device(device)
+        return self
+
     def split(self, split: str) -> Any:
         """The whole split as one batch object (held in memory)."""
         raise NotImplementedError

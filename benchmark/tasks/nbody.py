@@ -172,15 +172,15 @@ class NBody(Task):
 
     # symmetry: positions and target rotate, reflect and translate; velocities rotate and reflect
     def act_input(self, g, batch: GeometricBatch) -> GeometricBatch:
-        R = g.rotation.to(batch.pos.dtype)
-        t = g.translation.to(batch.pos.dtype)
+        R = g.rotation.to(batch.pos)
+        t = g.translation.to(batch.pos)
         return batch.replace(pos=batch.pos @ R.transpose(1, 2) + t[:, None, :],
                              vel=batch.vel @ R.transpose(1, 2),
                              target=batch.target @ R.transpose(1, 2) + t[:, None, :])
 
     def act_output(self, g, y: torch.Tensor) -> torch.Tensor:
-        R = g.rotation.to(y.dtype)
-        return y @ R.transpose(1, 2) + g.translation.to(y.dtype)[:, None, :]
+        R = g.rotation.to(y)
+        return y @ R.transpose(1, 2) + g.translation.to(y)[:, None, :]
 
     def loss(self, pred: torch.Tensor, batch: GeometricBatch) -> torch.Tensor:
         return torch.mean((pred - batch.target) ** 2)

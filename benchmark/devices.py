@@ -1,0 +1,45 @@
+"""Which device a run trains on: an execution choice, like the number of threads.
+
+The device is not part of a run's configuration (nor of its hash): the same configuration trained
+on a CPU or a GPU is the same experiment, and its record says where it ran
+(``provenance.device``). A run can start on one device and resume on another.
+
+Guarantee: :func:`resolve_device` returns a usable :class:`torch.device` or raises
+:class:`~benchmark.config.ConfigError` naming the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from benchmark.config import ConfigError
+
+__all__ = ["resolve_device", "DEVICE_ENV", "DEVICE_CHOICES"]
+
+DEVICE_ENV = "RELAXBENCH_DEVICE"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``name`` (else ``$RELAXBENCH_DEVICE``, else ``auto``) as a device.
+
+    ``auto`` is the first CUDA device when one is available and the CPU otherwise.
+    """
+    name = (name or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r}: not a device; allowed: {', '.join(DEVICE_CHOICES)}") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ConfigError(f"device={name!r}: allowed: {', '.join(DEVICE_CHOICES)}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}: no CUDA device is available here; use device=cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device

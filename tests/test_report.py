@@ -279,3 +279,41 @@ def test_report_of_a_spec_reads_only_its_runs(tmp_path, capsys):
     assert "| strict | projected | 0.5 |" in out and "unconstrained" not in out and "1/2 (1 missing)" in out
     assert main(["report", "no-such-thing", "--results", str(results)]) == 2
     assert "results folder" in capsys.readouterr().err
+
+
+def test_samples_to_match_reads_a_power_law_exactly_and_never_extrapolates():
+    import math
+    from benchmark.report.sample_efficiency import samples_to_match
+    sizes = [500, 1000, 2000, 3000, 5000, 7000, 9000]
+    curve = [0.5 * n ** -0.7 for n in sizes]                    # a learning curve, mse = c n^-a
+    for n_true in (640.0, 2500.0, 4321.0, 8000.0):
+        assert samples_to_match(sizes, curve, 0.5 * n_true ** -0.7) == pytest.approx(n_true, rel=1e-9)
+    assert samples_to_match(sizes, curve, curve[-1]) == pytest.approx(9000)
+    assert samples_to_match(sizes, curve, 1.0) == 500           # reached at the smallest size already
+    assert math.isinf(samples_to_match(sizes, curve, curve[-1] / 2))   # never reached: no extrapolation
+    accuracy = [1 - v for v in curve]
+    assert samples_to_match(sizes, accuracy, 1 - 0.5 * 2500 ** -0.7, higher_is_better=True) == \
+        pytest.approx(2500, rel=2e-2)         # a power law in the error, read as one in the accuracy
+    with pytest.raises(ValueError):
+        samples_to_match([], [], 0.1)
+
+
+def test_sample_efficiency_table_from_a_summary():
+    import pandas as pd
+    from benchmark.report.sample_efficiency import sample_efficiency_tables, to_markdown
+    rows = []
+    for method, scale in (("strict", 1.0), ("ace-eq", 2.0)):      # ace-eq needs 2^(1/0.5) = 4x the data
+        for n in (1000, 4000, 16000):
+            rows.append({"suite": "s", "task": "nbody", "backbone": "segnn", "method": method, "train_size": n,
+                         "variant": "projected", "headline": True, "higher_is_better": False, "metric": "mse",
+                         "mean": scale * n ** -0.5, "n_completed": 3 if n < 16000 or method == "strict" else 0,
+                         "n_planned": 3})
+    tables = sample_efficiency_tables(pd.DataFrame(rows), "strict",
+                                      planned={("nbody", "segnn", "strict", 32000): 3})
+    (table,) = tables
+    assert table["sizes"] == [1000, 4000, 16000, 32000] and table["target_size"] == 16000
+    by = {r["method"]: r for r in table["rows"]}
+    assert by["strict"]["to_match"] == pytest.approx(16000)
+    assert by["ace-eq"]["to_match"] == float("inf")              # its 16000 cell has no runs: "> 4,000"
+    text = to_markdown(table)
+    assert "n to match strict at 16,000" in text and "> 4,000" in text and "| – |" in text

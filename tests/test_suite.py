@@ -341,3 +341,25 @@ def test_grid_list_is_the_union_of_its_grids(tmp_path):
     with pytest.raises(SpecError, match=r"grid\[1\]\.seeds"):
         parse_spec({**data, "grid": [data["grid"][0], {k: v for k, v in data["grid"][1].items() if k != "seeds"}]},
                    path=tmp_path / "bad.yaml")
+
+
+def test_only_runs_a_part_of_the_grid_and_the_manifest_keeps_the_whole(tmp_path, capsys):
+    from benchmark.config import ConfigError
+    from benchmark.suite.runner import parse_only
+    spec_path = write_spec(tmp_path, tiny_spec(methods=("strict", "unconstrained", "ace-eq"), seeds=[0, 1]))
+    spec = load_spec(str(spec_path))
+    only = parse_only(["method=strict,ace-*", "seed=1"])
+    assert only == {"method": ["strict", "ace-*"], "seed": ["1"]}
+    plan = plan_suite(spec, tmp_path / "results", only=only)
+    assert sorted((r.cfg.method, r.seed) for r in plan.todo) == [("ace-eq", 1), ("strict", 1)]
+    for bad in (["colour=red"], ["method"], ["seed="]):
+        with pytest.raises(ConfigError, match="KEY=PATTERN"):
+            parse_only(bad)
+    results = tmp_path / "results"
+    assert main(["suite", "run", str(spec_path), "--results", str(results), "--only", "method=unconstrained",
+                 "--only", "seed=0", "--quiet", "--no-figures", "--workers", "1"]) == 0
+    assert [p.parent.name for p in (results / "runs").rglob("*.json")] == ["unconstrained"]
+    manifest = json.loads((results / "suites" / "tiny.json").read_text())
+    assert len(manifest["runs"]) == 6                          # the whole grid, not the part that ran
+    assert main(["suite", "run", str(spec_path), "--results", str(results), "--only", "seeds=0"]) == 2
+    assert "KEY=PATTERN" in capsys.readouterr().err

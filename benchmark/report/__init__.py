@@ -41,6 +41,7 @@ class SuiteReport:
     leaderboard: object = None             # the ranked headline rows
     records: list[Path] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    sample_efficiency: list = field(default_factory=list)   # per (task, backbone) with >= 2 sizes
 
 
 def collect_results(results: Path) -> "Collection":
@@ -64,6 +65,7 @@ def suite_report(col: "Collection", suite: str, *, test: str = "welch", alpha: f
                  reference: str | None = None, all_variants: bool = False) -> SuiteReport:
     """Tables and leaderboard of one suite, in memory."""
     from benchmark.report.aggregate import runs_frame, summarize
+    from benchmark.report import sample_efficiency as se
     from benchmark.report.tables import build_tables, to_csv_frame, to_markdown
     sub = _subset(col, suite)
     info = sub.suites[suite]
@@ -77,8 +79,13 @@ def suite_report(col: "Collection", suite: str, *, test: str = "welch", alpha: f
         lb = "\n".join(to_markdown(t) for t in boards)
     else:
         md = lb = f"_No records of suite {suite} yet (protocol: {info.protocol})._\n"
+    curves = se.sample_efficiency_tables(summary, reference or info.reference,
+                                                 planned=getattr(info, "expected", None)) if len(summary) else []
+    if curves:
+        extra = "\n".join(se.to_markdown(t) for t in curves)
+        md, lb = md + "\n" + extra, lb + "\n" + extra
     return SuiteReport(suite, md, lb, sub, tables, boards, runs, summary, to_csv_frame(boards),
-                       [p for _, _, p in sub.items if p is not None])
+                       [p for _, _, p in sub.items if p is not None], sample_efficiency=curves)
 
 
 def write_report(col: "Collection", out: Path, *, test: str = "welch", alpha: float = 0.05,
@@ -100,6 +107,10 @@ def write_report(col: "Collection", out: Path, *, test: str = "welch", alpha: fl
                            ("tables.tex", latex)):
             (folder / name).write_text(text)
             files.append(folder / name)
+        if rep.sample_efficiency:
+            from benchmark.report.sample_efficiency import to_markdown as se_markdown
+            (folder / "sample_efficiency.md").write_text("\n".join(se_markdown(t) for t in rep.sample_efficiency))
+            files.append(folder / "sample_efficiency.md")
         for name, frame in (("tables.csv", to_csv_frame(tables)), ("leaderboard.csv", rep.leaderboard),
                             ("summary.csv", rep.summary), ("runs.csv", runs)):
             frame.to_csv(folder / name, index=False)

@@ -1,0 +1,119 @@
+"""Sample efficiency: each method's test metric against the training-set size, and how many
+training samples a method needs to match the reference method at the largest size.
+
+Reading the curve: between two measured sizes the mean metric is interpolated linearly in
+``(log n, log metric)``, i.e. as a power law between neighbours (the shape of learning curves).
+:func:`samples_to_match` returns the first size at which the interpolated curve reaches the target;
+it is exact for a power-law curve, and it never extrapolates: a curve that reaches the target
+already at its smallest size gives that size (marked "<="), one that never reaches it gives
+``inf`` (marked ">"). For a metric where higher is better (an accuracy) the power law holds for
+the error rather than the metric, and the reading is a close approximation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+
+__all__ = ["samples_to_match", "sample_efficiency_tables", "to_markdown"]
+
+
+def samples_to_match(sizes: Sequence[float], values: Sequence[float], target: float, *,
+                     higher_is_better: bool = False) -> float:
+    """The training-set size at which the curve ``values(sizes)`` first reaches ``target``.
+
+    >>> samples_to_match([1000, 4000], [0.02, 0.01], 0.01 * 2 ** 0.5)   # power law: n^-1/2
+    2000.0
+    """
+    pts = sorted((float(n), float(v)) for n, v in zip(sizes, values) if v == v and n > 0)
+    if not pts:
+        raise ValueError("samples_to_match needs at least one measured size")
+
+    def reached(v: float) -> bool:
+        return v >= target if higher_is_better else v <= target
+    if reached(pts[0][1]):
+        return pts[0][0]
+    for (n0, v0), (n1, v1) in zip(pts, pts[1:]):
+        if reached(v1):
+            if v0 <= 0 or v1 <= 0 or target <= 0:       # no logarithm: interpolate linearly
+                frac = (target - v0) / (v1 - v0)
+                return n0 + frac * (n1 - n0)
+            frac = (math.log(target) - math.log(v0)) / (math.log(v1) - math.log(v0))
+            return float(round(math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0))), 6))
+    return math.inf
+
+
+def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
+                             planned: dict | None = None) -> list[dict]:
+    """Per (suite, task, backbone) with at least two training sizes: the headline variant's mean
+    metric per method and size, and the samples each method needs to match ``reference`` at the
+    largest size the reference has completed runs for. ``planned`` (``{(task, backbone, method,
+    size): runs}``, a suite's grid) adds the sizes that have no record yet as columns."""
+    out = []
+    rows = summary[summary.headline] if "headline" in summary else summary
+    for (suite, task, backbone), grp in rows.groupby(["suite", "task", "backbone"], sort=False):
+        sizes = {int(n) for n in grp.train_size.unique()}
+        sizes |= {int(k[3]) for k in (planned or {}) if k[0] == task and k[1] == backbone}
+        sizes = sorted(sizes)
+        if len(sizes) < 2:
+            continue
+        higher = bool(grp.higher_is_better.iloc[0])
+        ref = grp[(grp.method == reference) & (grp.n_completed > 0)]
+        target_size = int(ref.train_size.max()) if len(ref) else None
+        target = float(ref[ref.train_size == target_size]["mean"].iloc[0]) if len(ref) else math.nan
+        table = []
+        for method, mgrp in grp.groupby("method", sort=False):
+            mgrp = mgrp.sort_values("train_size")
+            done = mgrp[mgrp.n_completed > 0]
+            row = {"method": method, "variant": mgrp.variant.iloc[0],
+                   "cells": {int(r.train_size): (float(r["mean"]), int(r.n_completed), int(r.n_planned))
+                             for _, r in mgrp.iterrows()}}
+            if target_size is not None and len(done):
+                row["to_match"] = samples_to_match(done.train_size, done["mean"], target, higher_is_better=higher)
+                row["smallest"] = int(done.train_size.min())
+            out_row = row
+            table.append(out_row)
+        order = sorted(table, key=lambda r: (r["method"] != reference, r["method"]))
+        out.append({"suite": suite, "task": task, "backbone": backbone, "sizes": sizes, "reference": reference,
+                    "target_size": target_size, "target": target, "metric": grp.metric.iloc[0],
+                    "higher_is_better": higher, "rows": order})
+    return out
+
+
+def _fmt_n(row: dict) -> str:
+    n = row.get("to_match")
+    if n is None:
+        return "–"
+    if math.isinf(n):
+        return f"> {max(size for size, cell in row['cells'].items() if cell[1] > 0):,}"
+    text = f"{n:,.0f}"
+    return f"<= {text}" if n == row["smallest"] else text
+
+
+def to_markdown(table: dict) -> str:
+    """One sample-efficiency table as Markdown (means over the completed seeds of each cell)."""
+    sizes, ref = table["sizes"], table["reference"]
+    arrow = "↑" if table["higher_is_better"] else "↓"
+    match = (f"n to match {ref} at {table['target_size']:,}" if table["target_size"] else f"n to match {ref}")
+    head = ["method", "variant"] + [f"n={n:,}" for n in sizes] + [match]
+    lines = [f"### {table['task']} / {table['backbone']}: sample efficiency, test {table['metric']} {arrow} "
+             f"({table['suite']})", "", "| " + " | ".join(head) + " |",
+             "|:---|:---|" + "---:|" * (len(sizes) + 1)]
+    partial = False
+    for row in table["rows"]:
+        cells = []
+        for n in sizes:
+            mean, done, planned = row["cells"].get(n, (math.nan, 0, 0))
+            if done == 0:
+                cells.append("–")
+                continue
+            cells.append(f"{mean:.3g}" + ("" if done >= planned else f" ({done}/{planned})"))
+            partial = partial or done < planned
+        lines.append(f"| {row['method']} | {row['variant']} | " + " | ".join(cells) + f" | {_fmt_n(row)} |")
+    lines += ["", "Mean test metric over the completed seeds of each cell ((k/m): k of m planned seeds done; "
+              "–: none yet). The last column reads each method's mean curve, interpolated as a power law "
+              f"between measured sizes, at {ref}'s mean at its largest size; it never extrapolates."
+              + (" Cells with missing seeds make this reading provisional." if partial else ""), ""]
+    return "\n".join(lines)

@@ -168,7 +168,7 @@ def test_tables_render_markdown_latex_and_csv():
     assert lines["strict"].startswith("| strict | projected |")
     assert f"**{np.mean(ELASTIC):.3g} ± {np.std(ELASTIC, ddof=1):.2g}** ▲" in lines["ace-elastic"]
     assert "▼" in lines["unconstrained"] and "3/4 (1 diverged)" in lines["unconstrained"]
-    assert "**800**" in lines["strict"] and "**1e-07 ± 0**" in lines["strict"]
+    assert "**800**" in lines["strict"] and "**1.00e-07 ± 0**" in lines["strict"]
     assert "unbiased standard deviation" in md and "n = 3" in md and "Holm" in md
     assert "Protocol: hand-made protocol" in md and "ace-elastic: relaxed" in md
     # the leaderboard ranks by the headline metric
@@ -276,7 +276,7 @@ def test_report_of_a_spec_reads_only_its_runs(tmp_path, capsys):
     save(results, make_record("unconstrained", 0, 0.7))              # not in the suite
     assert main(["report", str(spec_path), "--results", str(results), "--no-figures"]) == 0
     out = capsys.readouterr().out
-    assert "| strict | projected | 0.5 |" in out and "unconstrained" not in out and "1/2 (1 missing)" in out
+    assert "| strict | projected | 0.500 |" in out and "unconstrained" not in out and "1/2 (1 missing)" in out
     assert main(["report", "no-such-thing", "--results", str(results)]) == 2
     assert "results folder" in capsys.readouterr().err
 

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from benchmark.report.tables import fmt
+
 __all__ = ["samples_to_match", "sample_efficiency_tables", "to_markdown"]
 
 
@@ -109,7 +111,7 @@ def to_markdown(table: dict) -> str:
             if done == 0:
                 cells.append("–")
                 continue
-            cells.append(f"{mean:.3g}" + ("" if done >= planned else f" ({done}/{planned})"))
+            cells.append(fmt(mean) + ("" if done >= planned else f" ({done}/{planned})"))
             partial = partial or done < planned
         lines.append(f"| {row['method']} | {row['variant']} | " + " | ".join(cells) + f" | {_fmt_n(row)} |")
     lines += ["", "Mean test metric over the completed seeds of each cell ((k/m): k of m planned seeds done; "

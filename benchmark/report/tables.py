@@ -35,10 +35,13 @@ class Table:
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
-    """``0.00712``, ``1.09e-07``; an em dash for a missing value."""
+    """``0.00712``, ``0.0100``, ``1.09e-07``: ``digits`` significant digits, trailing zeros kept;
+    an em dash for a missing value."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
-    return f"{x:.{digits}g}"
+    if x == 0:
+        return "0"
+    return f"{x:#.{digits}g}".rstrip(".")
 
 
 def fmt_pm(mean: float, std: float) -> str:

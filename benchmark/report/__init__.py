@@ -2,8 +2,8 @@
 
 :func:`write_report` turns a :class:`~benchmark.report.aggregate.Collection` into, per suite, a
 folder ``<out>/<suite>/`` holding ``tables.md``, ``tables.tex``, ``tables.csv``, ``leaderboard.md``,
-``leaderboard.csv``, ``summary.csv`` (every group and variant), ``runs.csv`` (every run) and
-``figures/``. :func:`update_readme` rewrites the leaderboard section of a README between
+``leaderboard.csv``, ``summary.csv`` (every group and variant), ``runs.csv`` (every run),
+``sample_efficiency.md`` (suites with several training sizes) and ``figures/``. :func:`update_readme` rewrites the leaderboard section of a README between
 ``<!-- leaderboard:start -->`` and ``<!-- leaderboard:end -->``; nothing else in the file changes.
 """
 

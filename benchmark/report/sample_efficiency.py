@@ -75,8 +75,7 @@ def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
             if target_size is not None and len(done):
                 row["to_match"] = samples_to_match(done.train_size, done["mean"], target, higher_is_better=higher)
                 row["smallest"] = int(done.train_size.min())
-            out_row = row
-            table.append(out_row)
+            table.append(row)
         order = sorted(table, key=lambda r: (r["method"] != reference, r["method"]))
         out.append({"suite": suite, "task": task, "backbone": backbone, "sizes": sizes, "reference": reference,
                     "target_size": target_size, "target": target, "metric": grp.metric.iloc[0],

@@ -49,11 +49,9 @@ def cmd_suite_run(args) -> int:
         if value is not None and value < 0:
             raise ConfigError(f"--{key}={value}: must be >= 0")
     only = parse_only(args.only)
-    device = None
     if args.device is not None:  # checked here; the workers inherit it through the environment
         from benchmark.devices import DEVICE_ENV, resolve_device
-        device = resolve_device(args.device)
-        os.environ[DEVICE_ENV] = str(device)
+        os.environ[DEVICE_ENV] = str(resolve_device(args.device))
     plan = plan_suite(spec, results, retry_failed=args.retry_failed, only=only)
     counts = plan.counts()
     workers = args.workers or (int(spec.executor.get("array_parallelism") or 32) if args.executor == "slurm"

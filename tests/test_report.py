@@ -317,3 +317,35 @@ def test_sample_efficiency_table_from_a_summary():
     assert by["ace-eq"]["to_match"] == float("inf")              # its 16000 cell has no runs: "> 4,000"
     text = to_markdown(table)
     assert "n to match strict at 16,000" in text and "> 4,000" in text and "| – |" in text
+    assert by["strict"].get("to_match_ci") is None             # no per-seed runs given: no interval
+    per_seed = pd.DataFrame([{**{k: r[k] for k in ("suite", "task", "backbone", "method", "train_size", "variant")},
+                              "status": "completed", "seed": seed, "test_metric": r["mean"] * (1 + 0.01 * seed)}
+                             for r in rows if r["n_completed"] for seed in range(3)])
+    (table,) = sample_efficiency_tables(pd.DataFrame(rows), "strict", runs=per_seed)
+    by = {r["method"]: r for r in table["rows"]}
+    assert by["strict"]["to_match_ci"] == (16000.0, 16000.0)
+    assert by["ace-eq"]["to_match_ci"] == (float("inf"), float("inf"))
+    assert "| 16,000 | 16,000 – 16,000 |" in to_markdown(table)
+
+
+def test_bootstrap_interval_of_samples_to_match():
+    import math
+    from benchmark.report.sample_efficiency import bootstrap_samples_to_match
+    sizes = [1000, 2000, 4000, 8000]
+    # identical seeds: the interval collapses onto the point reading (2 n^-1/2 needs 4x the data)
+    assert bootstrap_samples_to_match({n: [2 * n ** -0.5] * 3 for n in sizes}, [1000 ** -0.5] * 3) == \
+        pytest.approx((4000.0, 4000.0))
+    # the reference read against its own target cell uses one draw for both: exactly its largest size
+    noisy = {n: [n ** -0.5 * f for f in (0.95, 1.0, 1.05)] for n in sizes}
+    assert bootstrap_samples_to_match(noisy, noisy[8000], same_cell=8000) == (8000.0, 8000.0)
+    # seeds within a factor 0.9..1.1 of the curve: the reading stays in 4000 * [0.9^2, 1.1^2]
+    slower = {n: [2 * n ** -0.5 * f for f in (0.9, 1.0, 1.1)] for n in sizes}
+    low, high = bootstrap_samples_to_match(slower, [1000 ** -0.5] * 3)
+    assert 4000 * 0.81 <= low < 4000 < high <= 4000 * 1.21
+    # a target at the curve's last mean: reached in some replicates only; below its band: never
+    low, high = bootstrap_samples_to_match(slower, [2 * 8000 ** -0.5] * 3)
+    assert low < 8000 and math.isinf(high)
+    assert bootstrap_samples_to_match(slower, [0.85 * 2 * 8000 ** -0.5] * 3) == (math.inf, math.inf)
+    # fewer than two seeds in a cell (or in the target): no interval
+    assert bootstrap_samples_to_match({1000: [0.1], 2000: [0.05, 0.06]}, [0.05, 0.05]) is None
+    assert bootstrap_samples_to_match(slower, [0.01]) is None

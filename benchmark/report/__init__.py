@@ -80,7 +80,7 @@ def suite_report(col: "Collection", suite: str, *, test: str = "welch", alpha: f
     else:
         md = lb = f"_No records of suite {suite} yet (protocol: {info.protocol})._\n"
     curves = se.sample_efficiency_tables(summary, reference or info.reference,
-                                                 planned=getattr(info, "expected", None)) if len(summary) else []
+                                         planned=getattr(info, "expected", None), runs=runs) if len(summary) else []
     if curves:
         extra = "\n".join(se.to_markdown(t) for t in curves)
         md, lb = md + "\n" + extra, lb + "\n" + extra

@@ -8,6 +8,12 @@ it is exact for a power-law curve, and it never extrapolates: a curve that reach
 already at its smallest size gives that size (marked "<="), one that never reaches it gives
 ``inf`` (marked ">"). For a metric where higher is better (an accuracy) the power law holds for
 the error rather than the metric, and the reading is a close approximation.
+
+Uncertainty: :func:`bootstrap_samples_to_match` resamples the seeds of every cell (each method's
+sizes and the reference's target cell) with replacement, re-reads the curve on each replicate and
+returns the percentile interval. With the three seeds of a typical suite a percentile bootstrap is
+narrower than the truth (it ignores the (k - 1)/k factor and the few distinct resamples), so read
+it as a rough interval; cells with fewer than two seeds give none.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from benchmark.report.tables import fmt
 
-__all__ = ["samples_to_match", "sample_efficiency_tables", "to_markdown"]
+__all__ = ["samples_to_match", "bootstrap_samples_to_match", "sample_efficiency_tables", "to_markdown"]
 
 
 def samples_to_match(sizes: Sequence[float], values: Sequence[float], target: float, *,
@@ -47,12 +54,41 @@ def samples_to_match(sizes: Sequence[float], values: Sequence[float], target: fl
     return math.inf
 
 
+def bootstrap_samples_to_match(curve: dict[float, Sequence[float]], target_runs: Sequence[float], *,
+                               higher_is_better: bool = False, n_boot: int = 2000, level: float = 0.95,
+                               seed: int = 0, same_cell: float | None = None) -> tuple[float, float] | None:
+    """Seed-bootstrap percentile interval of :func:`samples_to_match`.
+
+    ``curve`` maps each training size to the per-seed metrics of a method, ``target_runs`` holds the
+    reference's per-seed metrics at its target size. Each replicate resamples every cell with
+    replacement, takes the means and reads the curve at the resampled target. ``same_cell``: the size
+    at which ``curve`` *is* the target cell (the reference read against itself), so both use one draw.
+    Returns ``None`` when a cell has fewer than two runs; a bound may be ``inf`` (never reached).
+    """
+    cells = {float(n): np.asarray(v, dtype=float) for n, v in curve.items() if len(v)}
+    target = np.asarray(target_runs, dtype=float)
+    if not cells or len(target) < 2 or any(len(v) < 2 for v in cells.values()):
+        return None
+    rng = np.random.default_rng(seed)
+
+    def draw(values: np.ndarray) -> np.ndarray:
+        return values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    sizes = sorted(cells)
+    means = {n: draw(cells[n]) for n in sizes}
+    targets = means[float(same_cell)] if same_cell is not None and float(same_cell) in means else draw(target)
+    reads = np.array([samples_to_match(sizes, [means[n][b] for n in sizes], targets[b],
+                                       higher_is_better=higher_is_better) for b in range(n_boot)])
+    tail = (1.0 - level) / 2
+    return (float(np.quantile(reads, tail, method="lower")), float(np.quantile(reads, 1 - tail, method="higher")))
+
+
 def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
-                             planned: dict | None = None) -> list[dict]:
+                             planned: dict | None = None, runs: pd.DataFrame | None = None) -> list[dict]:
     """Per (suite, task, backbone) with at least two training sizes: the headline variant's mean
     metric per method and size, and the samples each method needs to match ``reference`` at the
     largest size the reference has completed runs for. ``planned`` (``{(task, backbone, method,
-    size): runs}``, a suite's grid) adds the sizes that have no record yet as columns."""
+    size): runs}``, a suite's grid) adds the sizes that have no record yet as columns. ``runs`` (one
+    row per run and variant) adds the seed-bootstrap 95% interval of that reading, ``to_match_ci``."""
     out = []
     rows = summary[summary.headline] if "headline" in summary else summary
     for (suite, task, backbone), grp in rows.groupby(["suite", "task", "backbone"], sort=False):
@@ -75,6 +111,13 @@ def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
             if target_size is not None and len(done):
                 row["to_match"] = samples_to_match(done.train_size, done["mean"], target, higher_is_better=higher)
                 row["smallest"] = int(done.train_size.min())
+                if runs is not None:
+                    per_seed = _per_seed(runs, suite, task, backbone)
+                    curve = {int(n): per_seed.get((method, row["variant"], int(n)), []) for n in done.train_size}
+                    ref_variant = ref.variant.iloc[0]
+                    row["to_match_ci"] = bootstrap_samples_to_match(
+                        curve, per_seed.get((reference, ref_variant, target_size), []), higher_is_better=higher,
+                        same_cell=target_size if (method, row["variant"]) == (reference, ref_variant) else None)
             table.append(row)
         order = sorted(table, key=lambda r: (r["method"] != reference, r["method"]))
         out.append({"suite": suite, "task": task, "backbone": backbone, "sizes": sizes, "reference": reference,
@@ -83,8 +126,16 @@ def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
     return out
 
 
-def _fmt_n(row: dict) -> str:
-    n = row.get("to_match")
+def _per_seed(runs: pd.DataFrame, suite: str, task: str, backbone: str) -> dict:
+    """``{(method, variant, size): [test metric of each completed seed]}`` of one curve."""
+    sel = runs[(runs.suite == suite) & (runs.task == task) & (runs.backbone == backbone)
+               & (runs.status == "completed")]
+    return {(m, v, int(n)): g.test_metric.astype(float).tolist()
+            for (m, v, n), g in sel.groupby(["method", "variant", "train_size"], sort=False)}
+
+
+def _fmt_n(row: dict, n: float | None = None) -> str:
+    n = row.get("to_match") if n is None else n
     if n is None:
         return "–"
     if math.isinf(n):
@@ -93,15 +144,20 @@ def _fmt_n(row: dict) -> str:
     return f"<= {text}" if n == row["smallest"] else text
 
 
+def _fmt_ci(row: dict) -> str:
+    ci = row.get("to_match_ci")
+    return "–" if ci is None else f"{_fmt_n(row, ci[0])} – {_fmt_n(row, ci[1])}"
+
+
 def to_markdown(table: dict) -> str:
     """One sample-efficiency table as Markdown (means over the completed seeds of each cell)."""
     sizes, ref = table["sizes"], table["reference"]
     arrow = "↑" if table["higher_is_better"] else "↓"
     match = (f"n to match {ref} at {table['target_size']:,}" if table["target_size"] else f"n to match {ref}")
-    head = ["method", "variant"] + [f"n={n:,}" for n in sizes] + [match]
+    head = ["method", "variant"] + [f"n={n:,}" for n in sizes] + [match, "95% interval (seed bootstrap)"]
     lines = [f"### {table['task']} / {table['backbone']}: sample efficiency, test {table['metric']} {arrow} "
              f"({table['suite']})", "", "| " + " | ".join(head) + " |",
-             "|:---|:---|" + "---:|" * (len(sizes) + 1)]
+             "|:---|:---|" + "---:|" * (len(sizes) + 2)]
     partial = False
     for row in table["rows"]:
         cells = []
@@ -112,9 +168,11 @@ def to_markdown(table: dict) -> str:
                 continue
             cells.append(fmt(mean) + ("" if done >= planned else f" ({done}/{planned})"))
             partial = partial or done < planned
-        lines.append(f"| {row['method']} | {row['variant']} | " + " | ".join(cells) + f" | {_fmt_n(row)} |")
+        lines.append(f"| {row['method']} | {row['variant']} | " + " | ".join(cells) + f" | {_fmt_n(row)} | {_fmt_ci(row)} |")
     lines += ["", "Mean test metric over the completed seeds of each cell ((k/m): k of m planned seeds done; "
               "–: none yet). The last column reads each method's mean curve, interpolated as a power law "
-              f"between measured sizes, at {ref}'s mean at its largest size; it never extrapolates."
+              f"between measured sizes, at {ref}'s mean at its largest size; it never extrapolates. Its interval "
+              "resamples the seeds of every cell (a rough interval with few seeds; – where a cell has fewer "
+              "than two)."
               + (" Cells with missing seeds make this reading provisional." if partial else ""), ""]
     return "\n".join(lines)

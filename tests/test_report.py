@@ -346,6 +346,7 @@ def test_bootstrap_interval_of_samples_to_match():
     low, high = bootstrap_samples_to_match(slower, [2 * 8000 ** -0.5] * 3)
     assert low < 8000 and math.isinf(high)
     assert bootstrap_samples_to_match(slower, [0.85 * 2 * 8000 ** -0.5] * 3) == (math.inf, math.inf)
-    # fewer than two seeds in a cell (or in the target): no interval
-    assert bootstrap_samples_to_match({1000: [0.1], 2000: [0.05, 0.06]}, [0.05, 0.05]) is None
+    # a single-seed cell is held at its value; no cell (or no target) with two seeds: no interval
+    assert bootstrap_samples_to_match({1000: [0.1], 2000: [0.05, 0.06]}, [0.1, 0.1]) == (1000.0, 1000.0)
+    assert bootstrap_samples_to_match({1000: [0.1], 2000: [0.05]}, [0.05, 0.05]) is None
     assert bootstrap_samples_to_match(slower, [0.01]) is None

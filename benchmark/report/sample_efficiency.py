@@ -13,7 +13,8 @@ Uncertainty: :func:`bootstrap_samples_to_match` resamples the seeds of every cel
 sizes and the reference's target cell) with replacement, re-reads the curve on each replicate and
 returns the percentile interval. With the three seeds of a typical suite a percentile bootstrap is
 narrower than the truth (it ignores the (k - 1)/k factor and the few distinct resamples), so read
-it as a rough interval; cells with fewer than two seeds give none.
+it as a rough interval. A cell with a single seed enters every replicate unchanged (it has no
+spread to resample), which narrows the interval further; the table marks such cells.
 """
 
 from __future__ import annotations
@@ -63,11 +64,12 @@ def bootstrap_samples_to_match(curve: dict[float, Sequence[float]], target_runs:
     reference's per-seed metrics at its target size. Each replicate resamples every cell with
     replacement, takes the means and reads the curve at the resampled target. ``same_cell``: the size
     at which ``curve`` *is* the target cell (the reference read against itself), so both use one draw.
-    Returns ``None`` when a cell has fewer than two runs; a bound may be ``inf`` (never reached).
+    A single-seed cell is held at its value. Returns ``None`` when the target cell or every cell of
+    the curve has fewer than two runs; a bound may be ``inf`` (never reached).
     """
     cells = {float(n): np.asarray(v, dtype=float) for n, v in curve.items() if len(v)}
     target = np.asarray(target_runs, dtype=float)
-    if not cells or len(target) < 2 or any(len(v) < 2 for v in cells.values()):
+    if not cells or len(target) < 2 or all(len(v) < 2 for v in cells.values()):
         return None
     rng = np.random.default_rng(seed)
 
@@ -172,7 +174,7 @@ def to_markdown(table: dict) -> str:
     lines += ["", "Mean test metric over the completed seeds of each cell ((k/m): k of m planned seeds done; "
               "–: none yet). The last column reads each method's mean curve, interpolated as a power law "
               f"between measured sizes, at {ref}'s mean at its largest size; it never extrapolates. Its interval "
-              "resamples the seeds of every cell (a rough interval with few seeds; – where a cell has fewer "
-              "than two)."
+              "resamples the seeds of every cell (a rough interval with few seeds; single-seed cells enter "
+              "unresampled; –: no cell with two seeds)."
               + (" Cells with missing seeds make this reading provisional." if partial else ""), ""]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "record_path", "checkpoint_path", "write_record", "read_record",
-           "iter_records", "validate_record", "provenance", "RecordError"]
+           "iter_records", "validate_record", "provenance", "code_version", "RecordError"]
 
 SCHEMA_VERSION = 1
 STATUSES = ("completed", "diverged", "failed")
@@ -132,7 +132,8 @@ def validate_record(record: dict) -> None:
             raise RecordError(f"timing lacks {key!r}")
 
 
-def _git_sha() -> str | None:
+def code_version() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files), or ``None``."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -146,8 +147,12 @@ def _git_sha() -> str | None:
     return None
 
 
-def provenance(argv: list[str] | None = None, device: Any = None) -> dict[str, Any]:
-    """Git SHA, package versions, device and command line of this process."""
+_NOW = object()
+
+
+def provenance(argv: list[str] | None = None, device: Any = None, git_sha: Any = _NOW) -> dict[str, Any]:
+    """Git SHA, package versions, device and command line of this process. ``git_sha``: the commit
+    read when the run started (the code that ran), else it is read now."""
     import numpy
     import torch
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
@@ -162,6 +167,6 @@ def provenance(argv: list[str] | None = None, device: Any = None) -> dict[str, A
         versions["relaxbench"] = "unknown"
     device = torch.device(device) if device is not None else torch.device("cpu")
     device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"git_sha": _git_sha(), "packages": versions, "device": device,
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(terse=True),
+    return {"git_sha": code_version() if git_sha is _NOW else git_sha, "packages": versions,
+            "device": device, "torch_threads": torch.get_num_threads(), "platform": platform.platform(terse=True),
             "command": list(sys.argv if argv is None else argv)}

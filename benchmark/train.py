@@ -35,7 +35,8 @@ from benchmark.devices import resolve_device
 from benchmark.evaluate import evaluate_variant, truncation_error
 from benchmark.experiment import RunConfig
 from benchmark.method import EpochContext, Method, StepContext
-from benchmark.record import (SCHEMA_VERSION, checkpoint_path, provenance, record_path, write_record)
+from benchmark.record import (SCHEMA_VERSION, checkpoint_path, code_version, provenance, record_path,
+                              write_record)
 from benchmark.registry import BACKBONES, METHODS, TASKS
 
 __all__ = ["build", "train", "RunInterrupted", "Built"]
@@ -241,6 +242,7 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
     rec_path = record_path(results, cfg)
     ckpt = checkpoint_path(results, cfg)
     started = time.perf_counter()
+    started_at_commit = code_version()              # the code this process runs, before it can change
     state = _State()
     status, reason = "completed", None
     built: Built | None = None
@@ -276,7 +278,7 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
                    "median_step_seconds": statistics.median(state.step_times) if state.step_times else None,
                    "epochs": state.epoch, "steps": state.step,
                    "compiled": use_compile(cfg, built.method) if built is not None else False},
-        "provenance": provenance(argv, device=device),
+        "provenance": provenance(argv, device=device, git_sha=started_at_commit),
     }
     write_record(rec_path, record)
     if status == "completed" and not keep_checkpoint and ckpt.exists():

@@ -86,3 +86,13 @@ def test_failure_is_recorded(tiny_config, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod, "evaluate_variant", broken)
     record, _ = train(tiny_config("strict", epochs=1), results=tmp_path, progress=False)
     assert record["status"] == "failed" and "RuntimeError: boom" in record["reason"]
+
+
+def test_record_names_the_commit_the_run_started_from(tiny_config, tmp_path, monkeypatch):
+    """A checkout that changes while a run trains must not relabel the code that ran."""
+    import benchmark.record
+    import benchmark.train
+    monkeypatch.setattr(benchmark.train, "code_version", lambda: "started-at")          # read at the start
+    monkeypatch.setattr(benchmark.record, "code_version", lambda: "changed-meanwhile")  # what a late read sees
+    record, _ = train(tiny_config("strict", epochs=1), results=tmp_path, progress=False)
+    assert record["provenance"]["git_sha"] == "started-at"

@@ -92,8 +92,9 @@ def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
             low = np.array([d["ci_low"] for _, d in stats])
             high = np.array([d["ci_high"] for _, d in stats])
             ax.plot(x, mean, marker="o", label=method, color=colors[method])
-            band = np.isfinite(low) & np.isfinite(high)
-            ax.fill_between(x[band], low[band], high[band], alpha=0.2, color=colors[method], linewidth=0)
+            band = np.isfinite(low) & np.isfinite(high)     # a single-seed size has no interval: a gap
+            ax.fill_between(x, np.where(band, low, np.nan), np.where(band, high, np.nan), alpha=0.2,
+                            color=colors[method], linewidth=0)
             lows.extend(mean)
         if _spans_decade(grp.train_size):
             ax.set_xscale("log")

@@ -104,6 +104,7 @@ def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
         target_size = int(ref.train_size.max()) if len(ref) else None
         target = float(ref[ref.train_size == target_size]["mean"].iloc[0]) if len(ref) else math.nan
         table = []
+        per_seed = _per_seed(runs, suite, task, backbone) if runs is not None else None
         for method, mgrp in grp.groupby("method", sort=False):
             mgrp = mgrp.sort_values("train_size")
             done = mgrp[mgrp.n_completed > 0]
@@ -113,8 +114,7 @@ def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
             if target_size is not None and len(done):
                 row["to_match"] = samples_to_match(done.train_size, done["mean"], target, higher_is_better=higher)
                 row["smallest"] = int(done.train_size.min())
-                if runs is not None:
-                    per_seed = _per_seed(runs, suite, task, backbone)
+                if per_seed is not None:
                     curve = {int(n): per_seed.get((method, row["variant"], int(n)), []) for n in done.train_size}
                     ref_variant = ref.variant.iloc[0]
                     row["to_match_ci"] = bootstrap_samples_to_match(
@@ -170,9 +170,10 @@ def to_markdown(table: dict) -> str:
                 continue
             cells.append(fmt(mean) + ("" if done >= planned else f" ({done}/{planned})"))
             partial = partial or done < planned
-        lines.append(f"| {row['method']} | {row['variant']} | " + " | ".join(cells) + f" | {_fmt_n(row)} | {_fmt_ci(row)} |")
+        lines.append(f"| {row['method']} | {row['variant']} | " + " | ".join(cells)
+                     + f" | {_fmt_n(row)} | {_fmt_ci(row)} |")
     lines += ["", "Mean test metric over the completed seeds of each cell ((k/m): k of m planned seeds done; "
-              "–: none yet). The last column reads each method's mean curve, interpolated as a power law "
+              "–: none yet). The column \"n to match\" reads each method's mean curve, interpolated as a power law "
               f"between measured sizes, at {ref}'s mean at its largest size; it never extrapolates. Its interval "
               "resamples the seeds of every cell (a rough interval with few seeds; single-seed cells enter "
               "unresampled; –: no cell with two seeds)."

@@ -16,9 +16,9 @@ import json
 import math
 import os
 import platform
+import secrets
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,7 +55,11 @@ def _json_safe(obj: Any) -> Any:
 def write_json_atomic(path: Path, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    # Not tempfile.mkstemp: it creates the file private (0600). Mode 0666 through the umask
+    # gives the record the permissions a plain open() would, so a shared results folder
+    # stays readable by the group it is shared with.
+    tmp = str(path.parent / f".tmp-{secrets.token_hex(8)}.json")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(_json_safe(data), fh, indent=1, sort_keys=False)

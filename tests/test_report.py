@@ -4,7 +4,10 @@ figure files, the results-folder report and the README's generated leaderboard s
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +100,24 @@ def three_methods() -> list[dict]:
 
 
 # -- statistics -----------------------------------------------------------------------------------
+
+def test_atomic_json_write_honours_the_umask_and_leaves_nothing_behind(tmp_path):
+    """A record gets the permissions a plain open() would give it (mkstemp's private 0600
+    would hide a shared results folder from its group); a failed write keeps the old file."""
+    target = tmp_path / "runs" / "r.json"
+    old = os.umask(0o027)
+    try:
+        write_json_atomic(target, {"a": 1.5})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert json.loads(target.read_text()) == {"a": 1.5}
+
+    with pytest.raises(TypeError):
+        write_json_atomic(target, {"a": object()})
+    assert json.loads(target.read_text()) == {"a": 1.5}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["r.json"]
+
 def test_describe_matches_numpy_and_student_t():
     x = [0.5, 0.7, 0.65, 0.9]
     d = describe(x)

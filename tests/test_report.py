@@ -347,6 +347,17 @@ def test_sample_efficiency_table_from_a_summary():
     assert by["strict"]["to_match_ci"] == (16000.0, 16000.0)
     assert by["ace-eq"]["to_match_ci"] == (float("inf"), float("inf"))
     assert "| 16,000 | 16,000 – 16,000 |" in to_markdown(table)
+    assert "training steps" not in to_markdown(table)          # runs without step counts: no such row
+
+    # The steps row: the median over a size's completed runs (300 epochs of batch 100 here, one
+    # run cut short at 1000), "–" where no run completed.
+    per_seed["headline"] = True
+    per_seed["steps"] = per_seed.train_size * 3
+    per_seed.loc[(per_seed.train_size == 1000) & (per_seed.method == "strict") & (per_seed.seed == 0), "steps"] = 5
+    (table,) = sample_efficiency_tables(pd.DataFrame(rows), "strict", runs=per_seed,
+                                        planned={("nbody", "segnn", "strict", 32000): 3})
+    assert table["steps"] == {1000: 3000, 4000: 12000, 16000: 48000}
+    assert "| *training steps* | | 3,000 | 12,000 | 48,000 | – | | |" in to_markdown(table)
 
 
 def test_bootstrap_interval_of_samples_to_match():

@@ -173,13 +173,14 @@ def runs_frame(col: Collection) -> pd.DataFrame:
                 "best_epoch": (var or {}).get("best_epoch"),
                 "equivariance_rel": _num(eq.get("rel")), "equivariance_abs": _num(eq.get("abs")),
                 "params": rec.get("params"), "median_step_seconds": _num(timing.get("median_step_seconds")),
-                "wall_seconds": _num(timing.get("wall_seconds")), "config_hash": (rec.get("config") or {}).get("hash"),
+                "wall_seconds": _num(timing.get("wall_seconds")), "steps": _num(timing.get("steps")),
+                "config_hash": (rec.get("config") or {}).get("hash"),
                 "record": str(path) if path is not None else None,
             })
     columns = ["suite", "task", "backbone", "method", "train_size", "variant", "seed", "status", "headline",
                "metric", "higher_is_better", "metric_scale", "test_metric", "val_metric", "best_epoch",
                "equivariance_rel", "equivariance_abs", "params", "median_step_seconds", "wall_seconds",
-               "config_hash", "record"]
+               "steps", "config_hash", "record"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -124,7 +124,8 @@ def sample_efficiency_tables(summary: pd.DataFrame, reference: str = "strict",
         order = sorted(table, key=lambda r: (r["method"] != reference, r["method"]))
         out.append({"suite": suite, "task": task, "backbone": backbone, "sizes": sizes, "reference": reference,
                     "target_size": target_size, "target": target, "metric": grp.metric.iloc[0],
-                    "higher_is_better": higher, "rows": order})
+                    "higher_is_better": higher, "rows": order,
+                    "steps": _steps(runs, suite, task, backbone) if runs is not None else {}})
     return out
 
 
@@ -134,6 +135,16 @@ def _per_seed(runs: pd.DataFrame, suite: str, task: str, backbone: str) -> dict:
                & (runs.status == "completed")]
     return {(m, v, int(n)): g.test_metric.astype(float).tolist()
             for (m, v, n), g in sel.groupby(["method", "variant", "train_size"], sort=False)}
+
+
+def _steps(runs: pd.DataFrame, suite: str, task: str, backbone: str) -> dict[int, int]:
+    """``{size: optimizer steps}`` of one curve: the median over its completed runs at each size.
+    Under a fixed epoch budget a smaller training set also means fewer steps, which the table shows."""
+    if "steps" not in runs:
+        return {}
+    sel = runs[(runs.suite == suite) & (runs.task == task) & (runs.backbone == backbone)
+               & (runs.status == "completed") & runs.headline].dropna(subset=["steps"])
+    return {int(n): int(round(float(g.steps.median()))) for n, g in sel.groupby("train_size")}
 
 
 def _fmt_n(row: dict, n: float | None = None) -> str:
@@ -172,10 +183,17 @@ def to_markdown(table: dict) -> str:
             partial = partial or done < planned
         lines.append(f"| {row['method']} | {row['variant']} | " + " | ".join(cells)
                      + f" | {_fmt_n(row)} | {_fmt_ci(row)} |")
+    steps = table.get("steps") or {}
+    if steps:
+        lines.append("| *training steps* | | " + " | ".join(f"{steps[n]:,}" if n in steps else "–" for n in sizes)
+                     + " | | |")
     lines += ["", "Mean test metric over the completed seeds of each cell ((k/m): k of m planned seeds done; "
               "–: none yet). The column \"n to match\" reads each method's mean curve, interpolated as a power law "
               f"between measured sizes, at {ref}'s mean at its largest size; it never extrapolates. Its interval "
               "resamples the seeds of every cell (a rough interval with few seeds; single-seed cells enter "
               "unresampled; –: no cell with two seeds)."
-              + (" Cells with missing seeds make this reading provisional." if partial else ""), ""]
+              + (" Cells with missing seeds make this reading provisional." if partial else "")
+              + (" Training steps: the optimizer steps of a run at each size (median over its runs); with "
+                 "the same epochs at every size, a smaller training set also trains for fewer steps." if steps else ""),
+              ""]
     return "\n".join(lines)

@@ -49,8 +49,8 @@ from benchmark.config import param
 from benchmark.method import EpochContext, Method, StepContext
 from benchmark.registry import METHODS
 
-__all__ = ["LieAnnealConfig", "LieAnneal", "schedule_value", "lie_derivatives", "finite_differences",
-           "SCHEDULES"]
+__all__ = ["LieAnnealConfig", "LieAnneal", "schedule_value", "lie_derivatives", "acts_as_zero",
+           "finite_differences", "SCHEDULES"]
 
 SCHEDULES = ("triangular", "linear", "constant")
 
@@ -88,22 +88,46 @@ def _as_rep_vectors(y: torch.Tensor, dim: int) -> torch.Tensor:
     return y if y.shape[-1] == dim else y.reshape(y.shape[0], -1, dim)
 
 
+def acts_as_zero(rep, k: int, like: torch.Tensor) -> bool:
+    """Whether Lie-algebra generator ``k`` acts as zero on ``rep`` (e.g. a translation on features
+    without positions, a rotation on scalars). The action is affine in ``z``, so it is zero iff it
+    maps the zero vector and every basis vector to zero; checked exactly, with no random probe."""
+    probe = torch.cat([torch.zeros(1, rep.dim, dtype=like.dtype, device=like.device),
+                       torch.eye(rep.dim, dtype=like.dtype, device=like.device)])
+    return not bool(rep.lie(k, probe).any())
+
+
 def lie_derivatives(layer, x: torch.Tensor, num_generators: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, f)``: the Lie derivatives ``L_A f_neq(x)`` of ``layer``'s branch for the generators
     ``A_0 .. A_{K-1}``, stacked on a new first axis ``(K, *f.shape)``, and ``f = f_neq(x)``.
 
-    One forward-mode pass (:func:`torch.func.jvp`) over the ``K`` copies of the batch, each with
-    tangent ``A_in x``; differentiable in the branch's parameters.
+    One forward-mode pass (:func:`torch.func.jvp`) over one copy of the batch per generator, with
+    tangent ``A_in x``; differentiable in the branch's parameters. A generator that acts as zero
+    on both the input and the output representation has ``L_A f = J_f(x)[0] - 0 = 0`` exactly for
+    every branch, so its rows are zeros and it gets no copy of the batch (on hidden e3nn features,
+    which do not translate, this halves the pass for E(3)).
     """
     K = num_generators
     n = x.shape[0]
-    tangents = torch.cat([layer.rep_in.lie(k, x) for k in range(K)], dim=0)
-    y, jv = torch.func.jvp(layer.branch_output, (torch.cat([x] * K, dim=0),), (tangents,))
+    with torch.no_grad():
+        active = [k for k in range(K)
+                  if not (acts_as_zero(layer.rep_in, k, x) and acts_as_zero(layer.rep_out, k, x))]
+    if not active:
+        f = _as_rep_vectors(layer.branch_output(x), layer.rep_out.dim)
+        return f.new_zeros((K,) + f.shape), f
+    A = len(active)
+    tangents = torch.cat([layer.rep_in.lie(k, x) for k in active], dim=0)
+    y, jv = torch.func.jvp(layer.branch_output, (torch.cat([x] * A, dim=0),), (tangents,))
     y = _as_rep_vectors(y, layer.rep_out.dim)
     jv = _as_rep_vectors(jv, layer.rep_out.dim)
     f = y[:n]
-    out_lie = torch.cat([layer.rep_out.lie(k, f) for k in range(K)], dim=0)
-    return (jv - out_lie).reshape((K,) + f.shape), f
+    out_lie = torch.cat([layer.rep_out.lie(k, f) for k in active], dim=0)
+    defect = (jv - out_lie).reshape((A,) + f.shape)
+    if A == K:
+        return defect, f
+    rows = iter(defect.unbind(0))
+    zero = f.new_zeros(f.shape)
+    return torch.stack([next(rows) if k in active else zero for k in range(K)]), f
 
 
 def finite_differences(layer, x: torch.Tensor, generators) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ from benchmark.registry import BACKBONES, METHODS, TASKS
 from benchmark.train import RunInterrupted, build, make_optimizer, train
 
 from baselines._common import DualVariables
-from baselines.lie_anneal import lie_derivatives, schedule_value
+from baselines.lie_anneal import acts_as_zero, lie_derivatives, schedule_value
 from baselines.remul import GradNorm
 
 
@@ -285,6 +285,34 @@ def test_jvp_lie_derivative_vanishes_for_an_equivariant_linear_map():
     layer = RelaxedLayer(W, REP_IN, REP_OUT, "toy")
     lie, _ = lie_derivatives(layer, torch.randn(4, 3, REP_IN.dim, dtype=torch.float64), 6)
     assert lie.abs().max().item() < 1e-12
+
+
+def test_jvp_lie_derivative_skips_generators_that_act_as_zero():
+    """On e3nn features without positions the translations act as zero on both sides: their rows
+    are exact zeros, the jvp runs on rotation copies only, and the rest equals the closed form."""
+    from benchmark.groups._e3 import IrrepsRep
+    torch.manual_seed(2)
+    rep_in, rep_out = IrrepsRep("2x0e+1x1o"), IrrepsRep("1x0e+2x1o")
+    W = nn.Linear(rep_in.dim, rep_out.dim, bias=False).double()
+    layer = RelaxedLayer(W, rep_in, rep_out, "toy")
+    rows_seen = []
+    branch_output = layer.branch_output
+    layer.branch_output = lambda z: (rows_seen.append(z.shape[0]), branch_output(z))[1]
+    x = torch.randn(4, 3, rep_in.dim, dtype=torch.float64)
+    lie, f = lie_derivatives(layer, x, 6)
+    assert rows_seen == [3 * 4] and lie.shape == (6, 4, 3, rep_out.dim)
+    assert [acts_as_zero(rep_in, k, x) for k in range(6)] == [False] * 3 + [True] * 3
+    M = W.weight.detach()
+    for k in range(6):
+        closed = rep_in.lie(k, x) @ M.T - rep_out.lie(k, x @ M.T)
+        assert torch.allclose(lie[k], closed, atol=1e-12), k
+    assert lie[3:].abs().max() == 0 and lie[:3].abs().max() > 1e-3
+    # scalars only: every generator acts as zero, no jvp at all, and f is still the branch output
+    scalar_layer = RelaxedLayer(nn.Linear(2, 2).double(), IrrepsRep("2x0e"), IrrepsRep("2x0e"), "scalars")
+    z = torch.randn(5, 2, dtype=torch.float64)
+    lie, f = lie_derivatives(scalar_layer, z, 6)
+    assert lie.shape == (6, 5, 2) and lie.abs().max() == 0
+    assert torch.allclose(f, scalar_layer.branch(z))
 
 
 def test_lie_anneal_penalty_reaches_only_branches(tiny_config):

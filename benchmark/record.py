@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "record_path", "checkpoint_path", "write_record", "read_record",
-           "iter_records", "validate_record", "provenance", "code_version", "RecordError"]
+           "iter_records", "validate_record", "provenance", "code_version", "device_name", "RecordError"]
 
 SCHEMA_VERSION = 1
 STATUSES = ("completed", "diverged", "failed")
@@ -154,6 +154,13 @@ def code_version() -> str | None:
 _NOW = object()
 
 
+def device_name(device: Any = None) -> str:
+    """``"cpu"`` or the GPU's model name (``None`` means the CPU)."""
+    import torch
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def provenance(argv: list[str] | None = None, device: Any = None, git_sha: Any = _NOW) -> dict[str, Any]:
     """Git SHA, package versions, device and command line of this process. ``git_sha``: the commit
     read when the run started (the code that ran), else it is read now."""
@@ -169,8 +176,6 @@ def provenance(argv: list[str] | None = None, device: Any = None, git_sha: Any =
         versions["relaxbench"] = version("relaxbench")
     except Exception:
         versions["relaxbench"] = "unknown"
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    device = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"git_sha": code_version() if git_sha is _NOW else git_sha, "packages": versions,
-            "device": device, "torch_threads": torch.get_num_threads(), "platform": platform.platform(terse=True),
+            "device": device_name(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform(terse=True),
             "command": list(sys.argv if argv is None else argv)}

@@ -4,7 +4,9 @@ Guarantees
 ----------
 * Device-agnostic: ``device`` (else ``$RELAXBENCH_DEVICE``, else a GPU when there is one) only
   says where the tensors live; it is not part of the configuration, and checkpoints load on any
-  device, so a run started on a GPU can be finished on a CPU.
+  device, so a run started on a GPU can be finished on a CPU. ``provenance.segments`` lists each
+  process that trained the run: its first step, steps, device, commit, threads and median step
+  time, so a record's timing never silently mixes devices.
 * Deterministic under a seed on CPU: the data order of epoch ``e`` is drawn from a generator
   seeded by ``(seed, e)``, model initialisation from ``seed``, and evaluation's group elements from
   a fixed generator, so the same configuration gives the same numbers.
@@ -35,8 +37,8 @@ from benchmark.devices import resolve_device
 from benchmark.evaluate import evaluate_variant, truncation_error
 from benchmark.experiment import RunConfig
 from benchmark.method import EpochContext, Method, StepContext
-from benchmark.record import (SCHEMA_VERSION, checkpoint_path, code_version, provenance, record_path,
-                              write_record)
+from benchmark.record import (SCHEMA_VERSION, checkpoint_path, code_version, device_name, provenance,
+                              record_path, write_record)
 from benchmark.registry import BACKBONES, METHODS, TASKS
 
 __all__ = ["build", "train", "RunInterrupted", "Built"]
@@ -126,6 +128,25 @@ class _State:
     best_states: dict = field(default_factory=dict)   # variant -> model state dict
     step_times: list = field(default_factory=list)
     wall: float = 0.0
+    segments: list = field(default_factory=list)       # one per process that trained the run
+
+
+def _open_segment(state: _State, device: torch.device, git_sha: str | None) -> None:
+    """Start the provenance segment of this process: where and from which code its steps ran."""
+    state.segments.append({"first_step": state.step, "steps": 0, "device": device_name(device),
+                           "git_sha": git_sha, "torch_threads": torch.get_num_threads(),
+                           "median_step_seconds": None})
+
+
+def _close_segment(state: _State) -> None:
+    """Bring the open segment's step count and median step time up to date (its step times are
+    all in memory: only earlier segments' are truncated in a checkpoint)."""
+    if not state.segments:
+        return
+    seg = state.segments[-1]
+    seg["steps"] = state.step - seg["first_step"]
+    own = state.step_times[len(state.step_times) - seg["steps"]:] if seg["steps"] else []
+    seg["median_step_seconds"] = statistics.median(own) if own else None
 
 
 def _model_state(model) -> dict:
@@ -140,7 +161,8 @@ def _save_checkpoint(path: Path, built: Built, state: _State) -> None:
         "optimizer": built.optimizer.state_dict(),
         "method": built.method.state_dict(),
         "state": {"epoch": state.epoch, "step": state.step, "curves": state.curves, "best": state.best,
-                  "best_states": state.best_states, "step_times": state.step_times[-5000:], "wall": state.wall},
+                  "best_states": state.best_states, "step_times": state.step_times[-5000:], "wall": state.wall,
+                  "segments": state.segments},
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
     }
     tmp = path.with_suffix(".tmp")
@@ -161,8 +183,12 @@ def _load_checkpoint(path: Path, built: Built) -> _State | None:
     np.random.set_state(payload["rng"]["numpy"])
     random.setstate(payload["rng"]["python"])
     s = payload["state"]
+    # a checkpoint from before segments were kept: its steps ran somewhere not on record
+    segments = s.get("segments") or ([{"first_step": 0, "steps": s["step"], "device": None, "git_sha": None,
+                                       "torch_threads": None, "median_step_seconds": None}] if s["step"] else [])
     return _State(epoch=s["epoch"], step=s["step"], curves=s["curves"], best=s["best"],
-                  best_states=s["best_states"], step_times=list(s["step_times"]), wall=s["wall"])
+                  best_states=s["best_states"], step_times=list(s["step_times"]), wall=s["wall"],
+                  segments=[dict(seg) for seg in segments])
 
 
 def _better(a: float, b: float | None, higher: bool) -> bool:
@@ -251,6 +277,7 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
         built = build(cfg, progress=progress, device=device)
         if resume:
             state = _load_checkpoint(ckpt, built) or state
+        _open_segment(state, device, started_at_commit)
         status, reason = _loop(built, state, ckpt, progress, on_evaluation, started)
     except RunInterrupted:
         raise
@@ -261,6 +288,7 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
         reason = f"{type(exc).__name__}: {exc}".strip()
         reason += "\n" + "".join(traceback.format_exception(exc)[-3:])
     wall = state.wall + (time.perf_counter() - started) if status != "completed" else state.wall
+    _close_segment(state)
     record = {
         "schema_version": SCHEMA_VERSION,
         "task": cfg.task, "backbone": cfg.backbone, "method": cfg.method,
@@ -278,7 +306,8 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
                    "median_step_seconds": statistics.median(state.step_times) if state.step_times else None,
                    "epochs": state.epoch, "steps": state.step,
                    "compiled": use_compile(cfg, built.method) if built is not None else False},
-        "provenance": provenance(argv, device=device, git_sha=started_at_commit),
+        "provenance": {**provenance(argv, device=device, git_sha=started_at_commit),
+                       "segments": state.segments},
     }
     write_record(rec_path, record)
     if status == "completed" and not keep_checkpoint and ckpt.exists():
@@ -331,6 +360,7 @@ def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation
                 row = _evaluate(built, state, train_loss)
                 state.curves.append(row)
                 state.wall = wall_at_start + (time.perf_counter() - started)
+                _close_segment(state)
                 _save_checkpoint(ckpt, built, state)
                 if bar is not None:
                     head = method.variants[0]

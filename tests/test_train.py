@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmark.record import iter_records, validate_record
 from benchmark.train import RunInterrupted, train
@@ -68,6 +69,42 @@ def test_resume_equals_uninterrupted(tiny_config, tmp_path, method):
     resumed, _ = train(cfg, results=tmp_path / "cut", progress=False)
     assert resumed["timing"]["epochs"] == 6
     assert _stable(resumed) == _stable(full)
+
+
+def test_provenance_lists_each_process_that_trained_the_run(tiny_config, tmp_path):
+    """An uninterrupted run has one segment; a resumed one a segment per process, whose steps add
+    up to the run's; a checkpoint written before segments were kept yields an unknown first one."""
+    cfg = tiny_config("strict", epochs=4, extra=["train.eval_every=2"])
+    whole, _ = train(cfg, results=tmp_path / "whole", progress=False)
+    (seg,) = whole["provenance"]["segments"]
+    steps = whole["timing"]["steps"]
+    assert seg["first_step"] == 0 and seg["steps"] == steps and seg["device"] == "cpu"
+    assert seg["torch_threads"] == torch.get_num_threads() and seg["median_step_seconds"] > 0
+
+    def stop_at_2(epoch, row):
+        if epoch == 2:
+            raise RunInterrupted()
+    with pytest.raises(RunInterrupted):
+        train(cfg, results=tmp_path / "cut", progress=False, on_evaluation=stop_at_2)
+    (ckpt,) = (tmp_path / "cut" / "checkpoints").rglob("*.pt")
+    payload = torch.load(ckpt, weights_only=False)
+    assert [s["steps"] for s in payload["state"]["segments"]] == [steps // 2]
+    resumed, _ = train(cfg, results=tmp_path / "cut", progress=False)
+    first, second = resumed["provenance"]["segments"]
+    assert (first["first_step"], first["steps"]) == (0, steps // 2)
+    assert (second["first_step"], second["steps"]) == (steps // 2, steps - steps // 2)
+    assert first["device"] == second["device"] == "cpu"
+
+    del payload["state"]["segments"]                       # as written by an older version
+    legacy_dir = tmp_path / "legacy"
+    (legacy_dir / ckpt.relative_to(tmp_path / "cut")).parent.mkdir(parents=True)
+    torch.save(payload, legacy_dir / ckpt.relative_to(tmp_path / "cut"))
+    legacy, _ = train(cfg, results=legacy_dir, progress=False)
+    unknown, known = legacy["provenance"]["segments"]
+    assert unknown == {"first_step": 0, "steps": steps // 2, "device": None, "git_sha": None,
+                       "torch_threads": None, "median_step_seconds": None}
+    assert known["first_step"] == steps // 2 and known["device"] == "cpu"
+    assert _stable(legacy) == _stable(whole)
 
 
 def test_divergence_is_recorded(tiny_config, tmp_path):

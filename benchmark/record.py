@@ -136,15 +136,19 @@ def validate_record(record: dict) -> None:
             raise RecordError(f"timing lacks {key!r}")
 
 
-def code_version() -> str | None:
-    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files), or ``None``."""
-    here = Path(__file__).resolve().parent
+def code_version(where: Path | str | None = None) -> str | None:
+    """The commit of the checkout holding this code (or ``where``), or ``None`` outside git.
+
+    ``-dirty`` marks uncommitted changes to tracked files outside the top-level ``results/``
+    folder: records, reports and manifests are what runs write, not the code they ran."""
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if out.returncode == 0:
             sha = out.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                    ":(top)", ":(top,exclude)results"],
+                                   cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
             return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass

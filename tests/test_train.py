@@ -125,6 +125,33 @@ def test_failure_is_recorded(tiny_config, tmp_path, monkeypatch):
     assert record["status"] == "failed" and "RuntimeError: boom" in record["reason"]
 
 
+def test_code_version_is_dirty_for_code_changes_not_for_results(tmp_path):
+    """Runs rewrite records and reports under results/ while others start: that is not a change
+    of the code they run; a changed source file is."""
+    import subprocess
+
+    from benchmark.record import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+    (tmp_path / "benchmark").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "benchmark" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "report.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "init")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert code_version(tmp_path / "benchmark") == sha
+    (tmp_path / "results" / "report.md").write_text("regenerated\n")
+    (tmp_path / "results" / "new-record.json").write_text("{}\n")
+    assert code_version(tmp_path / "benchmark") == sha
+    (tmp_path / "benchmark" / "code.py").write_text("x = 2\n")
+    assert code_version(tmp_path / "benchmark") == sha + "-dirty"
+    assert code_version(tmp_path.parent / "no-such-folder") is None
+
+
 def test_record_names_the_commit_the_run_started_from(tiny_config, tmp_path, monkeypatch):
     """A checkout that changes while a run trains must not relabel the code that ran."""
     import benchmark.record

@@ -41,6 +41,7 @@ What each part implements:
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -88,16 +89,29 @@ def _as_rep_vectors(y: torch.Tensor, dim: int) -> torch.Tensor:
     return y if y.shape[-1] == dim else y.reshape(y.shape[0], -1, dim)
 
 
+_ZERO_ACTION: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
 def acts_as_zero(rep, k: int, like: torch.Tensor) -> bool:
     """Whether Lie-algebra generator ``k`` acts as zero on ``rep`` (e.g. a translation on features
     without positions, a rotation on scalars). The action is affine in ``z``, so it is zero iff it
-    maps the zero vector and every basis vector to zero; checked exactly, with no random probe."""
-    probe = torch.cat([torch.zeros(1, rep.dim, dtype=like.dtype, device=like.device),
-                       torch.eye(rep.dim, dtype=like.dtype, device=like.device)])
-    return not bool(rep.lie(k, probe).any())
+    maps the zero vector and every basis vector to zero; checked exactly, with no random probe,
+    once per representation, generator, dtype and device."""
+    key = (k, like.dtype, like.device)
+    try:
+        known = _ZERO_ACTION.setdefault(rep, {})
+    except TypeError:                     # a representation that takes no weak reference
+        known = {}
+    if key not in known:
+        with torch.no_grad():
+            probe = torch.cat([torch.zeros(1, rep.dim, dtype=like.dtype, device=like.device),
+                               torch.eye(rep.dim, dtype=like.dtype, device=like.device)])
+            known[key] = not bool(rep.lie(k, probe).any())
+    return known[key]
 
 
-def lie_derivatives(layer, x: torch.Tensor, num_generators: int) -> tuple[torch.Tensor, torch.Tensor]:
+def lie_derivatives(layer, x: torch.Tensor, num_generators: int, *,
+                    skip_zero_generators: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, f)``: the Lie derivatives ``L_A f_neq(x)`` of ``layer``'s branch for the generators
     ``A_0 .. A_{K-1}``, stacked on a new first axis ``(K, *f.shape)``, and ``f = f_neq(x)``.
 
@@ -105,13 +119,13 @@ def lie_derivatives(layer, x: torch.Tensor, num_generators: int) -> tuple[torch.
     tangent ``A_in x``; differentiable in the branch's parameters. A generator that acts as zero
     on both the input and the output representation has ``L_A f = J_f(x)[0] - 0 = 0`` exactly for
     every branch, so its rows are zeros and it gets no copy of the batch (on hidden e3nn features,
-    which do not translate, this halves the pass for E(3)).
+    which do not translate, this halves the pass for E(3)). ``skip_zero_generators=False`` runs
+    every generator (the same result; ``benchmarks/lie_penalty_time.py`` times the two).
     """
     K = num_generators
     n = x.shape[0]
-    with torch.no_grad():
-        active = [k for k in range(K)
-                  if not (acts_as_zero(layer.rep_in, k, x) and acts_as_zero(layer.rep_out, k, x))]
+    active = [k for k in range(K) if not skip_zero_generators
+              or not (acts_as_zero(layer.rep_in, k, x) and acts_as_zero(layer.rep_out, k, x))]
     if not active:
         f = _as_rep_vectors(layer.branch_output(x), layer.rep_out.dim)
         return f.new_zeros((K,) + f.shape), f

@@ -307,6 +307,9 @@ def test_jvp_lie_derivative_skips_generators_that_act_as_zero():
         closed = rep_in.lie(k, x) @ M.T - rep_out.lie(k, x @ M.T)
         assert torch.allclose(lie[k], closed, atol=1e-12), k
     assert lie[3:].abs().max() == 0 and lie[:3].abs().max() > 1e-3
+    rows_seen.clear()
+    every, f_every = lie_derivatives(layer, x, 6, skip_zero_generators=False)
+    assert rows_seen == [6 * 4] and torch.equal(every, lie) and torch.equal(f_every, f)
     # scalars only: every generator acts as zero, no jvp at all, and f is still the branch output
     scalar_layer = RelaxedLayer(nn.Linear(2, 2).double(), IrrepsRep("2x0e"), IrrepsRep("2x0e"), "scalars")
     z = torch.randn(5, 2, dtype=torch.float64)

@@ -181,5 +181,6 @@ def provenance(argv: list[str] | None = None, device: Any = None, git_sha: Any =
     except Exception:
         versions["relaxbench"] = "unknown"
     return {"git_sha": code_version() if git_sha is _NOW else git_sha, "packages": versions,
-            "device": device_name(device), "torch_threads": torch.get_num_threads(), "platform": platform.platform(terse=True),
+            "device": device_name(device), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(terse=True),
             "command": list(sys.argv if argv is None else argv)}

@@ -304,7 +304,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc")
 def test_killed_suite_takes_its_workers_along_and_resumes(tmp_path):
-    data = tiny_spec(seeds=[0], epochs=30, overrides=tiny_overrides("nbody", "egnn") + ["train.eval_every=1"])
+    # long enough that no run can finish in the second its worker takes to notice the kill
+    data = tiny_spec(seeds=[0], epochs=300, overrides=tiny_overrides("nbody", "egnn") + ["train.eval_every=1"])
     spec = write_spec(tmp_path, data)
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "benchmark", "suite", "run", str(spec), "--results", str(results), "--workers", "2",

@@ -134,7 +134,7 @@ class Remul(Method):
 
     def attach(self, model, task, train_cfg) -> None:
         model.set_gammas(self.cfg.gamma_value, learnable=self.cfg.gamma == "learnable")
-        self.generator = torch.Generator().manual_seed(7919 * self.seed + 17)
+        self.generator = torch.Generator().manual_seed((7919 * self.seed + 17) % 2**64)  # any seed < 2**63
         self.gradnorm = (GradNorm(2, alpha=self.cfg.gradnorm_alpha, lr=self.cfg.gradnorm_lr,
                                   min_weight=self.cfg.gradnorm_min_weight)
                          if self.cfg.weighting == "gradnorm" else None)

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from benchmark.config import ConfigError, help_rows
 from benchmark.registry import BACKBONES, METHODS, TASKS
@@ -21,6 +21,7 @@ __all__ = ["main", "UsageError"]
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program killed by a closed pipe
 
 
 class UsageError(Exception):
@@ -58,11 +59,14 @@ def cmd_ls(args) -> int:
 
 
 def _check_run_args(args) -> None:
-    for name in ("seed", "train_size", "epochs"):
+    for name in ("seed", "train_size", "epochs", "threads"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "seed" else 1):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag}={value}: must be >= {0 if name == 'seed' else 1}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and seed >= 2**63:  # experiment.MAX_SEED: seeds fit a signed 64-bit integer
+        raise ConfigError(f"--seed={seed}: must be < 2**63")
 
 
 def cmd_run(args) -> int:
@@ -78,18 +82,45 @@ def cmd_run(args) -> int:
         torch.set_num_threads(args.threads)
     from benchmark.devices import resolve_device
     device = resolve_device(args.device)
-    from benchmark.train import train
+    from benchmark.fileio import NotWritableError, RunLocked
+    from benchmark.train import RunWriteError, output_folders, train
+    try:
+        check_data_writable(cfg)
+        for folder in output_folders(results, cfg):
+            from benchmark.fileio import check_writable
+            check_writable(folder)
+    except NotWritableError as exc:
+        raise ConfigError(str(exc)) from None
     wandb_logger = None
     if getattr(args, "wandb", False):
         from benchmark.report.wandb_logger import WandbRunLogger  # optional extra
         wandb_logger = WandbRunLogger(project=args.wandb_project)
-    record, path = train(cfg, results=results, resume=not args.no_resume, progress=not args.quiet,
-                         argv=["relaxbench"] + list(args.argv), device=device)
+    try:
+        record, path = train(cfg, results=results, resume=not args.no_resume, progress=not args.quiet,
+                             argv=["relaxbench"] + list(args.argv), device=device)
+    except RunLocked as exc:
+        print(f"relaxbench: {cfg.run_id}: {exc}; nothing written", file=sys.stderr)
+        return 0
+    except NotWritableError as exc:
+        raise ConfigError(str(exc)) from None
+    except RunWriteError as exc:
+        print(f"relaxbench: error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     if wandb_logger is not None:
         wandb_logger.log_record(record)
     print(summary_line(record))
     print(f"record: {path}")
-    return 0 if record["status"] == "completed" else EXIT_RUN_FAILED
+    # one rule for `run` and `suite run`: diverged is a result (exit 0), failed is an error (exit 1)
+    return EXIT_RUN_FAILED if record["status"] == "failed" else 0
+
+
+def check_data_writable(cfg) -> None:
+    """Where the run's task must still generate its data cache, that folder must be writable."""
+    from benchmark.registry import TASKS
+    from benchmark.fileio import check_writable
+    task_cls = TASKS.get(cfg.task).obj
+    for folder in task_cls.cache_folders_to_write(cfg.task_cfg):
+        check_writable(folder)
 
 
 def summary_line(record: dict) -> str:
@@ -116,8 +147,8 @@ def cmd_data(args) -> int:
     for flag in ("num_train", "num_valid", "num_test"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be >= 1")
-    if args.seed < 0:
-        raise ConfigError(f"--seed={args.seed}: must be >= 0")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed={args.seed}: the data generator's seed must be in 0 .. 2**32-1")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out={args.out}: exists and is not a folder")
@@ -195,8 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = argv
         if not getattr(args, "command", None):
             parser.print_help()
+            sys.stdout.flush()
             return EXIT_USAGE
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # so that a reader gone away (`| head -1`) is noticed here, not at exit
+        return status
+    except BrokenPipeError:
+        # stdout's reader closed the pipe: stop quietly, as a killed-by-SIGPIPE program would; stdout
+        # goes to devnull so that the interpreter's final flush does not complain (Python docs recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (UsageError, ConfigError) as exc:
         print(f"relaxbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

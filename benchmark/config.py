@@ -8,7 +8,8 @@ a key without a namespace is accepted when exactly one namespace has it.
 Guarantees
 ----------
 * Overrides are parsed to the field's declared type; booleans accept only
-  ``true/false/yes/no/on/off/1/0``, never Python's truthiness of a non-empty string.
+  ``true/false/yes/no/on/off/1/0``, never Python's truthiness of a non-empty string, and numbers
+  must be finite (``inf``, ``-inf`` and ``nan`` are refused).
 * :func:`validate` checks every field against its declared type, range and choices, and raises a
   :class:`ConfigError` whose one-line message names the key, the value and what is allowed.
 * :func:`config_hash` depends only on the resolved values, not on how they were given.
@@ -16,7 +17,7 @@ Guarantees
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -92,7 +93,8 @@ def parse_value(text: Any, tp: Any, key: str) -> Any:
                 return parse_value(text, arg, key)
             except ConfigError as exc:
                 errors.append(exc)
-        raise ConfigError(f"{key}={text!r}: expected {_type_name(tp)}")
+        finite = any(str(e).endswith("expected a finite number") for e in errors)
+        raise ConfigError(f"{key}={text!r}: expected {_type_name(tp)}" + ("; numbers must be finite" if finite else ""))
     if origin is Literal:
         allowed = get_args(tp)
         for a in allowed:
@@ -133,10 +135,10 @@ def parse_value(text: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}={text!r}: expected a number")
         try:
             value = float(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond floats
             raise ConfigError(f"{key}={text!r}: expected a number") from None
-        if math.isnan(value):
-            raise ConfigError(f"{key}={text!r}: expected a number, not NaN")
+        if not math.isfinite(value):  # nan, inf, -inf: no setting accepts them
+            raise ConfigError(f"{key}={text!r}: expected a finite number")
         return value
     if tp is str:
         if not isinstance(text, str):
@@ -150,6 +152,32 @@ def parse_value(text: Any, tp: Any, key: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # Overrides
 # ---------------------------------------------------------------------------------------------
+def closest_key(key: str, candidates: Sequence[str], cutoff: float = 0.6) -> str | None:
+    """The candidate (a dotted key) closest to the unknown ``key``, or None when none is close.
+
+    A candidate is compared as a whole and by its last component (``hiden`` -> ``model.hidden``,
+    ``train.lrr`` -> ``train.lr``, ``trian.lr`` -> ``train.lr``); the best score wins.
+    """
+    leaf = key.rsplit(".", 1)[-1]
+    best, best_score = None, cutoff
+    for cand in sorted(candidates):
+        score = max(difflib.SequenceMatcher(None, key, cand).ratio(),
+                    difflib.SequenceMatcher(None, leaf, cand.rsplit(".", 1)[-1]).ratio())
+        if score > best_score or (best is None and score >= cutoff):
+            best, best_score = cand, score
+    return best
+
+
+def unknown_key_message(key: str, candidates: Sequence[str], probe: str | None = None) -> str:
+    """``unknown key 'hiden'; did you mean model.hidden? allowed: ...`` (one line).
+
+    ``probe`` is the part of ``key`` compared with the candidates (default: all of it).
+    """
+    close = closest_key(probe or key, candidates)
+    hint = f"; did you mean {close}?" if close else ";"
+    return f"unknown key {key!r}{hint} allowed: {', '.join(sorted(candidates))}"
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     """``["a.b=1", "c=x"]`` -> ``{"a.b": "1", "c": "x"}``; a malformed item raises."""
     out: dict[str, str] = {}
@@ -181,8 +209,7 @@ def apply_overrides(cfg: Any, overrides: Mapping[str, Any], prefix: str = "") ->
         head, _, rest = key.partition(".")
         full = f"{prefix}{key}"
         if head not in names:
-            allowed = ", ".join(sorted(prefix + n for n in names))
-            raise ConfigError(f"unknown key {full!r}; allowed: {allowed}")
+            raise ConfigError(unknown_key_message(full, [prefix + n for n in names], probe=prefix + head))
         current = getattr(cfg, head)
         if rest:
             if not is_dataclass(current):

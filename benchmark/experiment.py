@@ -2,8 +2,11 @@
 
 Resolution order of the training schedule (later wins): :class:`~benchmark.config.TrainConfig`
 defaults < the task's ``train_defaults`` < the backbone's ``train_defaults[task]`` < a named preset
-< the user's ``key=value`` overrides. Override keys live in four namespaces, ``task.``, ``model.``,
+< the user's ``key=value`` overrides; ``epochs`` (the ``--epochs`` shorthand) and a ``train.epochs``
+override are one setting, and giving both is an error. Override keys live in four namespaces, ``task.``, ``model.``,
 ``method.`` and ``train.``; a bare key is accepted when exactly one namespace has it.
+
+The seed is an integer ``0 <= seed < 2**63`` (:data:`MAX_SEED`).
 
 Guarantee: :func:`resolve` either returns a :class:`RunConfig` whose every value is typed and in
 range, or raises :class:`~benchmark.config.ConfigError` with a one-line message naming the key, the
@@ -17,12 +20,25 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Sequence
 
 from benchmark.config import (ConfigError, TrainConfig, apply_overrides, config_hash, parse_overrides,
-                              to_dict, validate)
+                              to_dict, unknown_key_message, validate)
 from benchmark.registry import BACKBONES, METHODS, TASKS, UnknownNameError
 
-__all__ = ["RunConfig", "resolve", "NAMESPACES"]
+__all__ = ["RunConfig", "resolve", "NAMESPACES", "MAX_SEED", "canonical_resolved", "HASH_RENAMES"]
 
 NAMESPACES = ("task", "model", "method", "train")
+
+#: Settings renamed since configuration hashes were first taken, as
+#: ``(task, section of the resolved dict, current name, name when hashed)``; ``task`` None means every
+#: task. The hash is taken of the old names (:func:`canonical_resolved`), so a rename never changes
+#: the hash, hence the id, of any run, old or new. Records store the current names. Add a row here
+#: for every rename of a field that enters :meth:`RunConfig.resolved`.
+HASH_RENAMES: tuple[tuple[str | None, str, str, str], ...] = (
+    ("nbody", "task_cfg", "data_seed", "seed"),     # task.seed -> task.data_seed (the generator's seed)
+)
+
+#: Seeds are ``0 <= seed < MAX_SEED``: they fit a signed 64-bit integer, which every generator
+#: the harness seeds from them accepts (derived seeds are reduced modulo 2**64).
+MAX_SEED = 2**63
 
 
 @dataclass(frozen=True)
@@ -41,7 +57,8 @@ class RunConfig:
     preset: str | None = None
 
     def resolved(self) -> dict[str, Any]:
-        """The JSON-ready resolved configuration (what the hash is taken of)."""
+        """The JSON-ready resolved configuration, with current field names (what records store;
+        the hash is taken of its :func:`canonical_resolved` form)."""
         task_cls = TASKS.get(self.task).obj
         return {
             "task": self.task, "task_version": getattr(task_cls, "version", "1"),
@@ -53,7 +70,9 @@ class RunConfig:
 
     @property
     def hash(self) -> str:
-        return config_hash(self.resolved())
+        """Hash of :func:`canonical_resolved` of :meth:`resolved`: renamed fields enter under their
+        old names, so hashes (and run ids) of existing records stay valid."""
+        return config_hash(canonical_resolved(self.resolved()))
 
     @property
     def run_id(self) -> str:
@@ -62,6 +81,23 @@ class RunConfig:
     def namespace(self, name: str) -> Any:
         return {"task": self.task_cfg, "model": self.model_cfg, "method": self.method_cfg,
                 "train": self.train}[name]
+
+
+def canonical_resolved(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """``resolved`` (as :meth:`RunConfig.resolved` returns it) with every renamed field of
+    :data:`HASH_RENAMES` under the name it had when hashes were first taken: what the hash is
+    taken of. A dict that already has the old names (an old record's) is returned unchanged."""
+    out = dict(resolved)
+    for task, section, new, old in HASH_RENAMES:
+        if task is not None and resolved.get("task") != task:
+            continue
+        values = out.get(section)
+        if not isinstance(values, Mapping) or new not in values:
+            continue
+        if old in values:
+            raise ValueError(f"{section} has both {new!r} and {old!r}; HASH_RENAMES maps {new!r} to {old!r}")
+        out[section] = {(old if k == new else k): v for k, v in values.items()}
+    return out
 
 
 def _lookup(registry, name: str, what: str):
@@ -85,14 +121,17 @@ def _split_namespaces(overrides: Mapping[str, Any], configs: Mapping[str, Any]) 
             out[head][rest] = value
             continue
         leaf = key.split(".", 1)[0]
+        if key == "seed":       # never a data seed by accident: the run's seed has its own flag
+            raise ConfigError(f"seed={value}: the run's seed is not a key=value setting; use --seed {value} "
+                              "(in a suite: the grid's seeds); the data generator's seed is task.data_seed")
         owners = [ns for ns in NAMESPACES
                   if configs[ns] is not None and leaf in {f.name for f in fields(configs[ns])}]
         if len(owners) == 1:
             out[owners[0]][key] = value
         elif not owners:
-            allowed = sorted(f"{ns}.{f.name}" for ns in NAMESPACES if configs[ns] is not None
-                             for f in fields(configs[ns]))
-            raise ConfigError(f"unknown key {key!r}; allowed: {', '.join(allowed)}")
+            allowed = [f"{ns}.{f.name}" for ns in NAMESPACES if configs[ns] is not None
+                       for f in fields(configs[ns])]
+            raise ConfigError(unknown_key_message(key, allowed))
         else:
             raise ConfigError(f"key {key!r} is ambiguous; write one of "
                               + ", ".join(f"{ns}.{key}" for ns in owners))
@@ -112,14 +151,18 @@ def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size:
     if "*" not in supported and task not in supported:
         raise ConfigError(f"backbone {backbone!r} does not support task {task!r}; it supports: "
                           + ", ".join(supported))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed={seed!r}: expected an integer >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"seed={seed!r}: expected an integer in 0..2**63-1")
 
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(list(overrides))
     configs = {"task": task_entry.default_config(), "model": backbone_entry.default_config(),
                "method": method_entry.default_config(), "train": TrainConfig()}
     split = _split_namespaces(overrides, configs)
+    if epochs is not None and "epochs" in split["train"]:  # one setting, one place
+        given = next(k for k in overrides if k.strip() in ("train.epochs", "epochs"))
+        raise ConfigError(f"--epochs={epochs} conflicts with {given}={overrides[given]}: "
+                          f"give the number of epochs once")
 
     # schedule: defaults < task < backbone-for-task < preset < user
     train_layers: list[Mapping[str, Any]] = [dict(getattr(task_cls, "train_defaults", {})),

@@ -12,7 +12,17 @@ Guarantees
   a fixed generator, so the same configuration gives the same numbers.
 * Resumable: a checkpoint (model, optimiser, method state, RNG states, curves, best states) is
   written at every evaluation; a run restarted from it produces the same record as a run that was
-  never interrupted (timings aside).
+  never interrupted (timings aside). Checkpoints hold tensors and plain values only and are read
+  with ``weights_only=True`` after a checksum (:mod:`benchmark.checkpoint`); one that cannot be
+  trusted (damaged, foreign, of another configuration) is moved to ``quarantine/`` with a warning
+  and the run starts from scratch.
+* One process per run: a run is claimed by a lock file (:class:`benchmark.fileio.RunLock`, with
+  the owner's pid and host); a second process starting it raises :class:`~benchmark.fileio.RunLocked`
+  before it writes anything. A lock whose owner died is free again.
+* Refused up front: every folder the run writes is checked to be writable before anything is
+  built (:class:`~benchmark.fileio.NotWritableError`). A write that fails during the run (a full
+  disk) raises :class:`RunWriteError` without leaving a partial file or a ``failed`` record, so
+  the same command resumes once the fault is fixed.
 * Model selection is per evaluation variant: each variant's best validation epoch is chosen on its
   own, and its test metric is measured on the weights of that epoch.
 * A run whose loss becomes non-finite or exceeds ``train.divergence_threshold`` ends with status
@@ -21,7 +31,6 @@ Guarantees
 
 from __future__ import annotations
 
-import copy
 import random
 import statistics
 import time
@@ -33,21 +42,28 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from benchmark.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from benchmark.devices import resolve_device
 from benchmark.evaluate import evaluate_variant, truncation_error
 from benchmark.experiment import RunConfig
+from benchmark.fileio import RunLock, RunLocked, check_writable, describe_os_error, quarantine
 from benchmark.method import EpochContext, Method, StepContext
-from benchmark.record import (SCHEMA_VERSION, checkpoint_path, code_version, device_name, provenance,
-                              record_path, write_record)
+from benchmark.record import (RunRecord, checkpoint_path, code_version, device_name, load_record,
+                              lock_path, provenance, record_path, write_record)
 from benchmark.registry import BACKBONES, METHODS, TASKS
 
-__all__ = ["build", "train", "RunInterrupted", "Built"]
+__all__ = ["build", "train", "RunInterrupted", "RunWriteError", "RunLocked", "Built", "output_folders"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class RunInterrupted(Exception):
     """Raised by a callback to stop a run after a checkpoint (used by tests and suites)."""
+
+
+class RunWriteError(OSError):
+    """A checkpoint or record could not be written (a full disk, a vanished folder); nothing partial
+    was left, and the last checkpoint still holds the run."""
 
 
 @dataclass
@@ -68,7 +84,7 @@ def _seed_all(seed: int) -> None:
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(1_000_003 * seed + epoch)
+    return torch.Generator().manual_seed((1_000_003 * seed + epoch) % 2**64)
 
 
 def make_optimizer(groups: list[dict], train_cfg) -> torch.optim.Optimizer:
@@ -154,7 +170,6 @@ def _model_state(model) -> dict:
 
 
 def _save_checkpoint(path: Path, built: Built, state: _State) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "config_hash": built.cfg.hash,
         "model": built.model.state_dict(),
@@ -163,32 +178,36 @@ def _save_checkpoint(path: Path, built: Built, state: _State) -> None:
         "state": {"epoch": state.epoch, "step": state.step, "curves": state.curves, "best": state.best,
                   "best_states": state.best_states, "step_times": state.step_times[-5000:], "wall": state.wall,
                   "segments": state.segments},
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": capture_rng(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        save_checkpoint(path, payload)
+    except OSError as exc:
+        raise RunWriteError(f"checkpoint not written: {describe_os_error(exc, path)}", exc.errno) from None
 
 
 def _load_checkpoint(path: Path, built: Built) -> _State | None:
+    """The state saved at ``path`` applied to ``built``; ``None`` when there is none.
+
+    Raises :class:`CheckpointError` when the file cannot be trusted or does not fit the run (the
+    objects of ``built`` may then be partly overwritten: build them again)."""
     if not path.exists():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if payload.get("config_hash") != built.cfg.hash:
-        return None
-    built.model.load_state_dict(payload["model"])
-    built.optimizer.load_state_dict(payload["optimizer"])
-    built.method.load_state_dict(payload["method"])
-    torch.set_rng_state(payload["rng"]["torch"])
-    np.random.set_state(payload["rng"]["numpy"])
-    random.setstate(payload["rng"]["python"])
-    s = payload["state"]
-    # a checkpoint from before segments were kept: its steps ran somewhere not on record
-    segments = s.get("segments") or ([{"first_step": 0, "steps": s["step"], "device": None, "git_sha": None,
-                                       "torch_threads": None, "median_step_seconds": None}] if s["step"] else [])
-    return _State(epoch=s["epoch"], step=s["step"], curves=s["curves"], best=s["best"],
-                  best_states=s["best_states"], step_times=list(s["step_times"]), wall=s["wall"],
-                  segments=[dict(seg) for seg in segments])
+    payload = load_checkpoint(path, config_hash=built.cfg.hash)
+    try:
+        built.model.load_state_dict(payload["model"])
+        built.optimizer.load_state_dict(payload["optimizer"])
+        built.method.load_state_dict(payload["method"])
+        restore_rng(payload["rng"])
+        s = payload["state"]
+        # a checkpoint from before segments were kept: its steps ran somewhere not on record
+        segments = s.get("segments") or ([{"first_step": 0, "steps": s["step"], "device": None, "git_sha": None,
+                                           "torch_threads": None, "median_step_seconds": None}] if s["step"] else [])
+        return _State(epoch=s["epoch"], step=s["step"], curves=s["curves"], best=s["best"],
+                      best_states=s["best_states"], step_times=list(s["step_times"]), wall=s["wall"],
+                      segments=[dict(seg) for seg in segments])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"does not fit this run ({type(exc).__name__}: {str(exc)[:160]})") from None
 
 
 def _better(a: float, b: float | None, higher: bool) -> bool:
@@ -238,10 +257,24 @@ def _finish_variants(built: Built, state: _State) -> dict:
             model.load_state_dict(state.best_states[variant])
             test = evaluate_variant(model, built.task, "test", variant, batch_size=built.cfg.train.eval_batch_size,
                                     with_equivariance=False)
-            variants[variant] = {**state.best[variant], "test_metric": test["metric"]}
+            variants[variant] = {**state.best[variant], "test_metric": test["metric"],
+                                 "params": variant_parameters(model, variant)}
     finally:
         model.load_state_dict(current)
     return variants
+
+
+def variant_parameters(model, variant: str) -> int:
+    """Parameters of the network that evaluation variant ``variant`` runs: the projected network
+    has no branches (gamma = 0 never runs them), the others run the whole model."""
+    if variant == "projected":
+        return sum(p.numel() for p in model.equivariant_parameters())
+    return model.num_parameters()
+
+
+def output_folders(results: Path | str, cfg: RunConfig) -> list[Path]:
+    """Every folder a run of ``cfg`` writes into (its record's and its checkpoint's)."""
+    return [record_path(results, cfg).parent, checkpoint_path(results, cfg).parent]
 
 
 def _diagnostics(built: Built) -> dict:
@@ -258,30 +291,61 @@ def _diagnostics(built: Built) -> dict:
 
 def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = True, progress: bool = True,
           on_evaluation: Callable[[int, dict], None] | None = None, keep_checkpoint: bool = False,
-          argv: list[str] | None = None, device: torch.device | str | None = None) -> tuple[dict, Path]:
+          argv: list[str] | None = None, device: torch.device | str | None = None,
+          unless_recorded: tuple[str, ...] = ()) -> tuple[dict, Path]:
     """Train and evaluate one run on ``device``; write and return its record and the record's path.
+
+    ``unless_recorded``: statuses for which an existing record of this configuration, found once
+    the run is claimed, is returned instead of training again (a suite passes ``completed`` and
+    ``diverged``, so a run another process finished meanwhile is not trained twice).
 
     ``on_evaluation(epoch, row)`` is called after each evaluation's checkpoint; raising
     :class:`RunInterrupted` from it stops the run there (the checkpoint stays for a resume).
+    Raises :class:`~benchmark.fileio.NotWritableError` (before anything is built) when a folder the
+    run writes cannot be written, :class:`~benchmark.fileio.RunLocked` when another live process
+    holds the run, and :class:`RunWriteError` when a checkpoint or the record cannot be written.
     """
     results = Path(results)
     rec_path = record_path(results, cfg)
     ckpt = checkpoint_path(results, cfg)
+    device = resolve_device(device) if not isinstance(device, torch.device) else device  # bad name: ConfigError
+    for folder in output_folders(results, cfg):
+        check_writable(folder)
+    with RunLock(lock_path(results, cfg)):
+        done = _existing_record(rec_path, cfg) if unless_recorded else None
+        if done is not None and done["status"] in unless_recorded:
+            return done, rec_path
+        return _train_locked(cfg, results, rec_path, ckpt, resume=resume, progress=progress,
+                             on_evaluation=on_evaluation, keep_checkpoint=keep_checkpoint, argv=argv, device=device)
+
+
+def _existing_record(rec_path: Path, cfg: RunConfig) -> dict | None:
+    """The valid record of this configuration at ``rec_path``, if there is one."""
+    try:
+        rec = load_record(rec_path)
+    except (OSError, ValueError):
+        return None
+    return rec if rec["config"]["hash"] == cfg.hash else None
+
+
+def _train_locked(cfg: RunConfig, results: Path, rec_path: Path, ckpt: Path, *, resume: bool, progress: bool,
+                  on_evaluation, keep_checkpoint: bool, argv, device: torch.device) -> tuple[dict, Path]:
     started = time.perf_counter()
     started_at_commit = code_version()              # the code this process runs, before it can change
     state = _State()
     status, reason = "completed", None
     built: Built | None = None
-    device = resolve_device(device) if not isinstance(device, torch.device) else device  # bad name: ConfigError
     try:
         built = build(cfg, progress=progress, device=device)
         if resume:
-            state = _load_checkpoint(ckpt, built) or state
+            try:
+                state = _load_checkpoint(ckpt, built) or state
+            except CheckpointError as exc:
+                quarantine(ckpt, f"{exc}; the run starts from scratch")
+                built = build(cfg, progress=progress, device=device)
         _open_segment(state, device, started_at_commit)
         status, reason = _loop(built, state, ckpt, progress, on_evaluation, started)
-    except RunInterrupted:
-        raise
-    except KeyboardInterrupt:
+    except (RunInterrupted, KeyboardInterrupt, RunWriteError):
         raise
     except Exception as exc:  # a failed run still leaves a record that says why
         status = "failed"
@@ -289,27 +353,27 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
         reason += "\n" + "".join(traceback.format_exception(exc)[-3:])
     wall = state.wall + (time.perf_counter() - started) if status != "completed" else state.wall
     _close_segment(state)
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "task": cfg.task, "backbone": cfg.backbone, "method": cfg.method,
-        "seed": cfg.seed, "train_size": cfg.train_size,
-        "status": status, "reason": reason,
-        "config": {"hash": cfg.hash, "resolved": cfg.resolved()},
-        "variants": _finish_variants(built, state) if built is not None and state.best else {},
-        "headline": built.method.variants[0] if built is not None else None,
-        "metric": {"name": built.task.metric, "higher_is_better": built.task.higher_is_better,
-                   "scale": built.task.metric_scale} if built is not None else None,
-        "curves": state.curves,
-        "diagnostics": _diagnostics(built) if built is not None else {},
-        "params": built.model.num_parameters() if built is not None else 0,
-        "timing": {"wall_seconds": wall, "train_seconds": sum(state.step_times),
-                   "median_step_seconds": statistics.median(state.step_times) if state.step_times else None,
-                   "epochs": state.epoch, "steps": state.step,
-                   "compiled": use_compile(cfg, built.method) if built is not None else False},
-        "provenance": {**provenance(argv, device=device, git_sha=started_at_commit),
-                       "segments": state.segments},
-    }
-    write_record(rec_path, record)
+    record = RunRecord(
+        task=cfg.task, backbone=cfg.backbone, method=cfg.method, seed=cfg.seed, train_size=cfg.train_size,
+        status=status, reason=reason,
+        config={"hash": cfg.hash, "resolved": cfg.resolved()},
+        variants=_finish_variants(built, state) if built is not None and state.best else {},
+        headline=built.method.variants[0] if built is not None else None,
+        metric={"name": built.task.metric, "higher_is_better": built.task.higher_is_better,
+                "scale": built.task.metric_scale} if built is not None else None,
+        curves=state.curves,
+        diagnostics=_diagnostics(built) if built is not None else {},
+        params=built.model.num_parameters() if built is not None else 0,
+        timing={"wall_seconds": wall, "train_seconds": sum(state.step_times),
+                "median_step_seconds": statistics.median(state.step_times) if state.step_times else None,
+                "epochs": state.epoch, "steps": state.step,
+                "compiled": use_compile(cfg, built.method) if built is not None else False},
+        provenance={**provenance(argv, device=device, git_sha=started_at_commit), "segments": state.segments},
+    ).to_dict()
+    try:
+        write_record(rec_path, record)
+    except OSError as exc:
+        raise RunWriteError(f"record not written: {describe_os_error(exc, rec_path)}", exc.errno) from None
     if status == "completed" and not keep_checkpoint and ckpt.exists():
         ckpt.unlink()
     return record, rec_path

@@ -256,7 +256,8 @@ def test_slurm_resources_from_spec_and_command_line(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
     """A real `suite run` interrupted with SIGINT after its first record, then started again."""
-    data = tiny_spec(seeds=[0, 1], epochs=30, overrides=tiny_overrides("nbody", "egnn") + ["train.eval_every=1"])
+    # long enough that the second run is still training when the signal comes
+    data = tiny_spec(seeds=[0, 1], epochs=100, overrides=tiny_overrides("nbody", "egnn") + ["train.eval_every=1"])
     spec = write_spec(tmp_path, data)
     results = tmp_path / "results"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -268,8 +269,8 @@ def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not list((results / "runs").rglob("*.json")):
-        time.sleep(0.5)
-    time.sleep(2)
+        time.sleep(0.1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -280,7 +281,8 @@ def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"{4 - first} to run" in done.stderr
     straight = tmp_path / "straight"
-    again = subprocess.run(command(straight, 2), env=env, capture_output=True, text=True, timeout=600)
+    # the same workers, so the same torch threads: float32 sums depend on the thread count
+    again = subprocess.run(command(straight, 1), env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert _records(results) == _records(straight)
     assert (results / "reports" / "tiny" / "tables.md").read_text().replace(str(results), "R") == \

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from benchmark.checkpoint import load_checkpoint, save_checkpoint
 from benchmark.record import iter_records, validate_record
 from benchmark.train import RunInterrupted, train
 
@@ -87,7 +88,7 @@ def test_provenance_lists_each_process_that_trained_the_run(tiny_config, tmp_pat
     with pytest.raises(RunInterrupted):
         train(cfg, results=tmp_path / "cut", progress=False, on_evaluation=stop_at_2)
     (ckpt,) = (tmp_path / "cut" / "checkpoints").rglob("*.pt")
-    payload = torch.load(ckpt, weights_only=False)
+    payload = load_checkpoint(ckpt)
     assert [s["steps"] for s in payload["state"]["segments"]] == [steps // 2]
     resumed, _ = train(cfg, results=tmp_path / "cut", progress=False)
     first, second = resumed["provenance"]["segments"]
@@ -98,7 +99,7 @@ def test_provenance_lists_each_process_that_trained_the_run(tiny_config, tmp_pat
     del payload["state"]["segments"]                       # as written by an older version
     legacy_dir = tmp_path / "legacy"
     (legacy_dir / ckpt.relative_to(tmp_path / "cut")).parent.mkdir(parents=True)
-    torch.save(payload, legacy_dir / ckpt.relative_to(tmp_path / "cut"))
+    save_checkpoint(legacy_dir / ckpt.relative_to(tmp_path / "cut"), payload)
     legacy, _ = train(cfg, results=legacy_dir, progress=False)
     unknown, known = legacy["provenance"]["segments"]
     assert unknown == {"first_step": 0, "steps": steps // 2, "device": None, "git_sha": None,

@@ -15,7 +15,6 @@ wandb = pytest.importorskip("wandb")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # third-party pydantic notices
 
 from benchmark.cli import main  # noqa: E402
-from benchmark.report import wandb_logger  # noqa: E402
 from benchmark.report.wandb_logger import WandbRunLogger, flatten_row, wandb_mode  # noqa: E402
 from conftest import tiny_overrides  # noqa: E402
 
@@ -148,9 +147,11 @@ def test_a_wandb_failure_never_fails_the_run(offline, monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise RuntimeError("no disk")
     monkeypatch.setattr(wandb, "init", broken)
-    monkeypatch.setattr(wandb_logger, "_WARNED", False)
-    assert WandbRunLogger().log_record(a_record()) is None
-    assert "W&B logging skipped" in capsys.readouterr().err
+    logger = WandbRunLogger()
+    assert logger.log_record(a_record()) is None
+    assert "W&B logging failed (RuntimeError: no disk)" in capsys.readouterr().err
+    assert logger.log_record(a_record()) is None              # not tried again, not said again
+    assert capsys.readouterr().err == ""
 
 
 def test_offline_is_the_default_without_an_api_key(tmp_path, monkeypatch):

@@ -5,6 +5,9 @@ folder ``<out>/<suite>/`` holding ``tables.md``, ``tables.tex``, ``tables.csv``,
 ``leaderboard.csv``, ``summary.csv`` (every group and variant), ``runs.csv`` (every run),
 ``sample_efficiency.md`` (suites with several training sizes) and ``figures/``. :func:`update_readme` rewrites the leaderboard section of a README between
 ``<!-- leaderboard:start -->`` and ``<!-- leaderboard:end -->``; nothing else in the file changes.
+
+Every file is written through a uniquely named temporary file and a rename: a reader during a
+report sees the previous version of a file or the new one, never an empty or partial one.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def collect_suite(spec, results: Path) -> "Collection":
 
 def _subset(col: "Collection", suite: str) -> "Collection":
     from benchmark.report.aggregate import Collection
-    return Collection([it for it in col.items if it[0] == suite], {suite: col.suites[suite]})
+    return Collection([it for it in col.items if it[0] == suite], {suite: col.suites[suite]}, col.labels)
 
 
 def suite_report(col: "Collection", suite: str, *, test: str = "welch", alpha: float = 0.05,
@@ -92,28 +95,30 @@ def write_report(col: "Collection", out: Path, *, test: str = "welch", alpha: fl
                  reference: str | None = None, all_variants: bool = False, figures: bool = True,
                  suites: list[str] | None = None) -> list[SuiteReport]:
     """Write every suite's tables and figures under ``out/<suite>/``; returns the reports."""
-    from benchmark.record import write_json_atomic
+    from benchmark.fileio import atomic_path, write_text_atomic
+    from benchmark.record import safe_component, write_json_atomic
     from benchmark.report.aggregate import curves_frame, diagnostics_frame
     from benchmark.report.tables import to_csv_frame, to_latex
     reports = []
     for suite in suites or sorted(col.suites):
         rep = suite_report(col, suite, test=test, alpha=alpha, reference=reference, all_variants=all_variants)
-        folder = Path(out) / suite
+        folder = Path(out) / safe_component(suite, "suite")
         folder.mkdir(parents=True, exist_ok=True)
         tables, runs, sub = rep.tables, rep.runs, rep.collection
         files = []
         latex = "% \\usepackage{booktabs,amssymb}\n" + "\n".join(to_latex(t) for t in tables)
         for name, text in (("tables.md", rep.markdown), ("leaderboard.md", rep.leaderboard_markdown),
                            ("tables.tex", latex)):
-            (folder / name).write_text(text)
+            write_text_atomic(folder / name, text)
             files.append(folder / name)
         if rep.sample_efficiency:
             from benchmark.report.sample_efficiency import to_markdown as se_markdown
-            (folder / "sample_efficiency.md").write_text("\n".join(se_markdown(t) for t in rep.sample_efficiency))
+            write_text_atomic(folder / "sample_efficiency.md", "\n".join(se_markdown(t) for t in rep.sample_efficiency))
             files.append(folder / "sample_efficiency.md")
         for name, frame in (("tables.csv", to_csv_frame(tables)), ("leaderboard.csv", rep.leaderboard),
                             ("summary.csv", rep.summary), ("runs.csv", runs)):
-            frame.to_csv(folder / name, index=False)
+            with atomic_path(folder / name) as tmp:
+                frame.to_csv(tmp, index=False)
             files.append(folder / name)
         if figures and not runs.empty:
             from benchmark.report.figures import all_figures
@@ -150,5 +155,6 @@ def update_readme(path: Path, section: str) -> Path:
         raise ReadmeError(f"--readme={path}: needs the marker lines {README_START} and {README_END} "
                           "(in that order) around the generated section")
     new = text[:start + len(README_START)] + "\n" + section + text[end:]
-    path.write_text(new)
+    from benchmark.fileio import write_text_atomic
+    write_text_atomic(path, new)
     return path

@@ -5,6 +5,12 @@ taken over the completed runs; diverged and failed runs are counted and shown, n
 silently. Records come either from a suite (exactly the runs its grid names, by configuration
 hash) or from a whole results folder, where suite manifests (``<results>/suites/*.json``) label
 each run with its suite and protocol; runs outside every suite are grouped by their settings.
+
+Outside a suite, one row holds the seeds of one configuration: runs of a method whose settings
+differ (say two ``dual_lr``) get a row each, labelled with the settings that differ
+(``ace-eq [method.dual_lr=0.001]``), never pooled as if they were seeds. A manifest that cannot be
+read is rebuilt from its shipped suite, or set aside in ``quarantine/``, with one warning; one
+whose name is not a safe file name is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import config_hash
-from benchmark.record import iter_records, read_record, record_path
+from benchmark.fileio import quarantine, warn
+from benchmark.record import RunId, is_safe_component, iter_records, read_or_quarantine, record_path
 from benchmark.report.stats import describe
 
 __all__ = ["Collection", "SuiteInfo", "collect_suite", "collect_results", "runs_frame", "summarize",
@@ -48,6 +55,7 @@ class Collection:
 
     items: list[tuple[str, dict, Path | None]]
     suites: dict[str, SuiteInfo]
+    labels: dict[str, str] = field(default_factory=dict)     # record path -> row label of its settings
 
     @property
     def records(self) -> list[dict]:
@@ -68,20 +76,30 @@ def collect_suite(spec, results: Path) -> Collection:
         path = record_path(results, run.cfg)
         if not path.is_file():
             continue
-        try:
-            rec = read_record(path)
-        except (OSError, ValueError):
+        rec = read_or_quarantine(path)
+        if rec is None:
             continue
-        if (rec.get("config") or {}).get("hash") == run.cfg.hash:
+        if rec["config"]["hash"] == run.cfg.hash:
             items.append((spec.name, rec, path))
     info = SuiteInfo(spec.name, spec.protocol, _reproduce(spec.source, results), spec.reference,
                      {m: spec.headline_of(m) for m in spec.methods}, expected)
     return Collection(items, {spec.name: info})
 
 
+def _canonical(rec: dict) -> dict:
+    """The record's resolved configuration with renamed settings under one name (so a record
+    written before a rename groups with one written after it)."""
+    from benchmark.experiment import canonical_resolved
+    resolved = dict((rec.get("config") or {}).get("resolved") or {})
+    try:
+        return canonical_resolved(resolved)
+    except ValueError:
+        return resolved
+
+
 def _setting_hash(rec: dict) -> str:
     """A hash of what a table's rows must share: everything but seed, method and the branch."""
-    resolved = dict((rec.get("config") or {}).get("resolved") or {})
+    resolved = _canonical(rec)
     for key in ("seed", "method", "method_cfg", "train_size"):
         resolved.pop(key, None)
     model = {k: v for k, v in (resolved.get("model_cfg") or {}).items() if not k.startswith("branch")}
@@ -89,27 +107,117 @@ def _setting_hash(rec: dict) -> str:
     return config_hash(resolved)[:8]
 
 
+_NAMESPACE = {"task_cfg": "task", "model_cfg": "model", "method_cfg": "method", "train": "train"}
+
+
+def _flat_settings(rec: dict) -> dict[str, Any]:
+    """The record's resolved configuration without its seed, as ``namespace.key -> value``."""
+    resolved = _canonical(rec)
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+    for key, value in resolved.items():
+        if key == "seed":
+            continue
+        walk(_NAMESPACE.get(key, key), value)
+    return out
+
+
+def _setting_labels(items: list[tuple[str, dict, Path | None]]) -> dict[str, str]:
+    """Per record path, the settings that set its configuration apart from the other
+    configurations of the same method in the same (ad-hoc) table; empty where there is one."""
+    labels: dict[str, str] = {}
+    groups: dict[tuple, dict[str, list]] = {}
+    for suite, rec, path in items:
+        flat = _flat_settings(rec)
+        key = config_hash({k: str(v) for k, v in flat.items()})
+        groups.setdefault((suite, rec["method"]), {}).setdefault(key, []).append((flat, path))
+    for configs in groups.values():
+        if len(configs) < 2:
+            continue
+        flats = [members[0][0] for members in configs.values()]
+        keys = sorted({k for f in flats for k in f})
+        differing = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+        for members in configs.values():
+            flat = members[0][0]
+            label = ", ".join(f"{k}={flat.get(k)}" for k in differing)
+            for _, path in members:
+                labels[str(path)] = label
+    return labels
+
+
+def _manifest_name_ok(path: Path) -> bool:
+    if is_safe_component(path.stem):
+        return True
+    warn(f"ignored suite manifest {path}: {path.stem!r} is not a suite name (a single name of letters, "
+         "digits, '.', '_', '+' or '-')")
+    return False
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """A suite manifest, rebuilt from its shipped suite when it cannot be read (else quarantined)."""
+    why = None
+    try:
+        man = json.loads(path.read_text())
+        if not isinstance(man, dict) or not isinstance(man.get("runs"), list):
+            why = "not a suite manifest (expected an object with a list of runs)"
+        else:
+            for run_id in man["runs"]:
+                RunId.parse(run_id)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = f"unreadable ({exc})"
+    except ValueError as exc:
+        why = f"not a valid manifest ({str(exc).splitlines()[0][:200]})"
+    if why is None:
+        return man
+    try:
+        from benchmark.suite.spec import load_spec, shipped_suites
+        if path.stem in shipped_suites():
+            spec = load_spec(path.stem)
+            man = {**spec.summary(), "runs": [run.run_id for run in spec.runs()],
+                   "command": ["relaxbench", "suite", "run", path.stem], "rebuilt": True}
+            from benchmark.fileio import write_json_atomic
+            try:
+                write_json_atomic(path, man)
+                warn(f"suite manifest {path}: {why}; rebuilt from the shipped suite {path.stem!r}")
+            except OSError:
+                warn(f"suite manifest {path}: {why}; read from the shipped suite {path.stem!r} (not rewritten)")
+            return man
+    except ImportError:
+        pass
+    quarantine(path, f"{why}; its runs are reported outside any suite until `relaxbench suite run` "
+                     "rewrites it")
+    return None
+
+
 def collect_results(results: Path) -> Collection:
     """Every record under ``results``, labelled by the suite manifests that list it."""
     results = Path(results)
     manifests = {}
     for path in sorted((results / "suites").glob("*.json")):
-        try:
-            manifests[path.stem] = json.loads(path.read_text())
-        except (OSError, ValueError):
+        if path.name.startswith(".tmp-") or not _manifest_name_ok(path):
             continue
+        man = _read_manifest(path)
+        if man is not None:
+            manifests[path.stem] = man
     owners: dict[str, list[str]] = {}
     suites: dict[str, SuiteInfo] = {}
     for name, man in manifests.items():
         expected: dict[tuple, int] = {}
         for run_id in man.get("runs", []):
             owners.setdefault(run_id, []).append(name)
-            task, backbone, method, rest = run_id.split("/", 3)
-            size = int(rest.split("-", 1)[0][1:])
-            expected[(task, backbone, method, size)] = expected.get((task, backbone, method, size), 0) + 1
+            rid = RunId.parse(run_id)
+            key = (rid.task, rid.backbone, rid.method, rid.train_size)
+            expected[key] = expected.get(key, 0) + 1
         suites[name] = SuiteInfo(name, man.get("protocol", name), _reproduce(man.get("source", name), results),
                                  man.get("reference", "strict"), dict(man.get("headline") or {}), expected)
     items = []
+    adhoc = []
     root = results / "runs"
     for path, rec in iter_records(results):
         run_id = str(path.relative_to(root).with_suffix(""))
@@ -122,7 +230,9 @@ def collect_results(results: Path) -> Collection:
                                                f"(setting {name[7:]})", None)
         for name in names:
             items.append((name, rec, path))
-    return Collection(items, suites)
+            if not owners.get(run_id):
+                adhoc.append((name, rec, path))
+    return Collection(items, suites, _setting_labels(adhoc))
 
 
 # -- frames -------------------------------------------------------------------------------------
@@ -163,8 +273,11 @@ def runs_frame(col: Collection) -> pd.DataFrame:
         for variant in variants:
             var = (rec.get("variants") or {}).get(variant) if rec["status"] == "completed" else None
             eq = (var or {}).get("equivariance") or {}
+            label = col.labels.get(str(path)) if path is not None else None
+            params = (var or {}).get("params", rec.get("params")) if var is not None else rec.get("params")
             rows.append({
-                "suite": suite, "task": rec["task"], "backbone": rec["backbone"], "method": rec["method"],
+                "suite": suite, "task": rec["task"], "backbone": rec["backbone"],
+                "method": f"{rec['method']} [{label}]" if label else rec["method"],
                 "train_size": int(rec["train_size"]), "variant": variant, "seed": int(rec["seed"]),
                 "status": rec["status"], "headline": variant == headline,
                 "metric": metric.get("name"), "higher_is_better": metric.get("higher_is_better"),
@@ -172,7 +285,7 @@ def runs_frame(col: Collection) -> pd.DataFrame:
                 "test_metric": _num((var or {}).get("test_metric")), "val_metric": _num((var or {}).get("val_metric")),
                 "best_epoch": (var or {}).get("best_epoch"),
                 "equivariance_rel": _num(eq.get("rel")), "equivariance_abs": _num(eq.get("abs")),
-                "params": rec.get("params"), "median_step_seconds": _num(timing.get("median_step_seconds")),
+                "params": params, "median_step_seconds": _num(timing.get("median_step_seconds")),
                 "wall_seconds": _num(timing.get("wall_seconds")), "steps": _num(timing.get("steps")),
                 "config_hash": (rec.get("config") or {}).get("hash"),
                 "record": str(path) if path is not None else None,

@@ -40,9 +40,16 @@ def cmd_report(args) -> int:
             raise ConfigError(f"--reference={args.reference}: unknown method; allowed: {', '.join(METHODS.list())}")
     results, col = _collect(args)
     out = Path(args.out) if args.out else results / "reports"
+    _check_out(out, results)
     suites = sorted(col.suites)
     if args.readme:
         suites = [s for s in suites if not s.startswith("ad-hoc-")]
+    if not col.items and not any(not s.startswith("ad-hoc-") for s in col.suites):
+        removed = _remove_stale_adhoc(out, set())
+        print(f"relaxbench: error: no valid run records under {results / 'runs'}"
+              + (f"; removed {removed} stale ad-hoc report(s)" if removed else ""), file=sys.stderr)
+        return 1
+    _remove_stale_adhoc(out, set(col.suites))
     reports = write_report(col, out, test=args.test, alpha=args.alpha, reference=args.reference,
                            all_variants=args.all_variants, figures=not args.no_figures, suites=suites)
     for rep in reports:
@@ -62,18 +69,66 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _check_out(out: Path, results: Path) -> None:
+    """``--out`` must be a writable folder outside the folders runs own (records, checkpoints,
+    manifests): a report there would be read back as a broken record."""
+    from benchmark.fileio import NotWritableError, check_writable
+    resolved = out.resolve()
+    for own in ("runs", "checkpoints", "suites"):
+        owned = (results / own).resolve()
+        if resolved == owned or owned in resolved.parents:
+            raise ConfigError(f"--out={out}: inside {results / own}, which holds the runs' own files; "
+                              "choose another folder (default: RESULTS/reports)")
+    try:
+        check_writable(out)
+    except NotWritableError as exc:
+        raise ConfigError(f"--out={out}: {exc}") from None
+
+
+def _remove_stale_adhoc(out: Path, current: set) -> int:
+    """Remove generated ad-hoc report folders whose records are all gone (or set aside); returns
+    how many. Only the files a report lists as its own are removed."""
+    import json
+    removed = 0
+    for folder in sorted(Path(out).glob("ad-hoc-*")):
+        meta = folder / "report.json"
+        if folder.name in current or not meta.is_file():
+            continue
+        try:
+            files = json.loads(meta.read_text()).get("files") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for name in files:
+            target = (folder / str(name)).resolve()
+            if folder.resolve() in target.parents and target.is_file():
+                target.unlink()
+        meta.unlink()
+        for sub in sorted(folder.rglob("*"), reverse=True):
+            if sub.is_dir() and not any(sub.iterdir()):
+                sub.rmdir()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+        print(f"relaxbench: removed the stale report {folder} (its records are gone)", file=sys.stderr)
+        removed += 1
+    return removed
+
+
 def _wandb(args, col, reports, out: Path) -> None:
     from benchmark.report.wandb_report import log_aggregate, publish, report_spec
+    wandb_on = bool(args.wandb)         # the first failure turns W&B off for the other suites
     for rep in reports:
         info = col.suites[rep.suite]
         metric = next((m for m in rep.summary.metric if isinstance(m, str)), "metric") if len(rep.summary) else "metric"
-        if args.wandb:
+        if wandb_on:
             folder = log_aggregate(rep.suite, leaderboard=rep.leaderboard, summary=rep.summary, files=rep.files,
                                    records=rep.records, project=args.wandb_project, entity=args.wandb_entity,
                                    info={"protocol": info.protocol, "reference": args.reference or info.reference,
                                          "test": args.test, "alpha": args.alpha})
             if folder:
                 print(f"W&B aggregate run of {rep.suite}: {folder}", file=sys.stderr)
+            else:
+                wandb_on = False
+                print("relaxbench: warning: W&B is off for the rest of this report", file=sys.stderr)
         if args.wandb_report:
             spec = report_spec(rep.suite, project=args.wandb_project, entity=args.wandb_entity,
                                protocol=info.protocol, metric=metric, reference=args.reference or info.reference,

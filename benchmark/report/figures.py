@@ -42,7 +42,10 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = out / f"{stem}.{ext}"
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
+        from benchmark.fileio import atomic_path
+        with atomic_path(path) as tmp:   # a reader never sees a half-drawn figure
+            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(path)
     import matplotlib.pyplot as plt
     plt.close(fig)

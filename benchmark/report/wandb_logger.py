@@ -11,6 +11,9 @@ Guarantees
   working folder's ``wandb/``) and can be uploaded later with ``wandb sync``.
 * Logging happens after the record is written and never raises: a W&B failure (not installed, no
   network, a full disk) is reported once on standard error and the benchmark run is unaffected.
+* A W&B that is configured but unreachable (a bad key, a dead server) costs at most one short
+  init timeout (``RELAXBENCH_WANDB_TIMEOUT`` seconds, default 15): after its first failure a
+  logger stops trying, so a suite logging every run through one logger says so once and moves on.
 """
 
 from __future__ import annotations
@@ -21,18 +24,18 @@ import sys
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["WandbRunLogger", "wandb_mode", "flatten_row", "log_record_to_wandb"]
+__all__ = ["WandbRunLogger", "wandb_mode", "flatten_row", "log_record_to_wandb", "init_timeout"]
 
-_WARNED = False
+DEFAULT_INIT_TIMEOUT = 15.0
 
 
-def _warn(message: str) -> None:
-    global _WARNED
-    if not _WARNED:
-        print(f"relaxbench: warning: W&B logging skipped ({message}); the local record is unaffected",
-              file=sys.stderr)
-        _WARNED = True
-
+def init_timeout() -> float:
+    """Seconds W&B may take to start a run (``RELAXBENCH_WANDB_TIMEOUT``, default 15)."""
+    try:
+        value = float(os.environ.get("RELAXBENCH_WANDB_TIMEOUT", DEFAULT_INIT_TIMEOUT))
+    except ValueError:
+        value = DEFAULT_INIT_TIMEOUT
+    return value if value > 0 else DEFAULT_INIT_TIMEOUT
 
 def _have_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -113,13 +116,20 @@ class WandbRunLogger:
         self.dir = dir
         self.suite = suite
         self.last_run_dir: str | None = None
+        self.disabled: str | None = None          # why W&B is off for the rest of this logger's life
 
     def log_record(self, record: dict) -> str | None:
-        """Log ``record`` as one W&B run; returns the run's local folder, or ``None`` on failure."""
+        """Log ``record`` as one W&B run; returns the run's local folder, or ``None`` on failure
+        (and every later call returns ``None`` at once: W&B is tried until it fails once)."""
+        if self.disabled is not None:
+            return None
         try:
             return self._log(record)
         except Exception as exc:  # noqa: BLE001 - the record is the source of truth
-            _warn(f"{type(exc).__name__}: {exc}")
+            text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            self.disabled = text
+            print(f"relaxbench: warning: W&B logging failed ({text[:300]}); W&B is off for the rest of "
+                  f"this {'suite' if self.suite else 'command'}, the local records are unaffected", file=sys.stderr, flush=True)
             return None
 
     def _log(self, record: dict) -> str:
@@ -139,7 +149,7 @@ class WandbRunLogger:
                          mode=self.mode or wandb_mode(), reinit="create_new",
                          tags=[record["status"]] + ([self.suite] if self.suite else []),
                          settings=wandb.Settings(silent=True, console="off", x_disable_stats=True,
-                                                 init_timeout=60))
+                                                 init_timeout=init_timeout()))
         try:
             for row in record.get("curves") or []:
                 run.log(flatten_row(record, row), step=int(row["epoch"]))

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.report.wandb_logger import wandb_mode
+from benchmark.report.wandb_logger import init_timeout, wandb_mode
 
 __all__ = ["log_aggregate", "report_spec", "build_report", "publish", "SPEC_FORMAT"]
 
@@ -47,7 +47,8 @@ def log_aggregate(suite: str, *, leaderboard: pd.DataFrame, summary: pd.DataFram
                          group=f"report/{suite}", config={"suite": suite, **info},
                          dir=dir or os.environ.get("WANDB_DIR"),
                          mode=mode or wandb_mode(), reinit="create_new",
-                         settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=60))
+                         settings=wandb.Settings(silent=True, console="off", x_disable_stats=True,
+                                                 init_timeout=init_timeout()))
         try:
             run.log({"leaderboard": wandb.Table(dataframe=_clean(leaderboard))})
             head = summary[summary.headline][["task", "backbone", "method", "variant", "train_size", "mean", "std",
@@ -162,8 +163,8 @@ def publish(spec: dict[str, Any], out: Path, *, mode: str | None = None) -> str:
         report = build_report(spec)
         report.save()
         return f"W&B report saved: {report.url}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(spec, indent=1) + "\n")
+    from benchmark.fileio import write_text_atomic
+    write_text_atomic(out, json.dumps(spec, indent=1) + "\n")
     return (f"W&B is offline: the report's specification is in {out}. To publish it, log in "
             f"(`wandb login`), upload the offline runs (`wandb sync --sync-all` in the folder holding wandb/) "
             f"and run `python -m benchmark.report.wandb_report {out}`.")

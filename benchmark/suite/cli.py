@@ -53,6 +53,8 @@ def cmd_suite_run(args) -> int:
         from benchmark.devices import DEVICE_ENV, resolve_device
         os.environ[DEVICE_ENV] = str(resolve_device(args.device))
     plan = plan_suite(spec, results, retry_failed=args.retry_failed, only=only)
+    if not args.dry_run:
+        _check_writable(results, plan)
     counts = plan.counts()
     workers = args.workers or (int(spec.executor.get("array_parallelism") or 32) if args.executor == "slurm"
                                else available_cores())
@@ -74,18 +76,26 @@ def cmd_suite_run(args) -> int:
         return 0
 
     if plan.todo:
-        prepare_data(plan.todo, progress=not args.quiet)
+        from benchmark.suite.runner import DataPreparationError
+        try:
+            prepare_data(plan.todo, progress=not args.quiet)
+        except DataPreparationError as exc:
+            print(f"relaxbench: error: {exc}; no run was started", file=sys.stderr)
+            return EXIT_RUN_FAILED
     command = ["relaxbench"] + list(getattr(args, "argv", None) or ["suite", "run", spec.source])
     write_manifest(spec, plan, results, command)
-    after = None
+    on_finished = None
     if args.wandb:
-        from benchmark.report.wandb_logger import log_record_to_wandb
-        after = functools.partial(log_record_to_wandb, project=args.wandb_project or spec.wandb.get("project"),
-                                  entity=spec.wandb.get("entity"), suite=spec.name)
-    executor = make_executor(args.executor, results=results, workers=workers, after=after,
+        # W&B is logged here, in the suite's process, as each record lands: one logger for the whole
+        # suite, so an unreachable W&B costs one short timeout and one warning, never a run's record
+        from benchmark.report.wandb_logger import WandbRunLogger
+        logger = WandbRunLogger(args.wandb_project or spec.wandb.get("project"), entity=spec.wandb.get("entity"),
+                                suite=spec.name)
+        on_finished = functools.partial(_log_to_wandb, logger)
+    executor = make_executor(args.executor, results=results, workers=workers,
                              options=_executor_options(spec, args), command=command)
     try:
-        outcome = run_suite(plan, executor, progress=not args.quiet)
+        outcome = run_suite(plan, executor, progress=not args.quiet, on_finished=on_finished)
     except KeyboardInterrupt:
         done = sum(1 for run in plan.todo if (results / "runs" / f"{run.run_id}.json").is_file())
         print(f"relaxbench: suite {spec.name} interrupted after {done} of {len(plan.todo)} runs; completed records "
@@ -101,8 +111,42 @@ def cmd_suite_run(args) -> int:
         sys.stdout.write(rep.markdown)
         sys.stdout.flush()
         print(f"tables and figures: {results / 'reports' / rep.suite}", file=sys.stderr)
+    # one rule for `run` and `suite run`: diverged is a result (exit 0), failed is an error (exit 1)
     failed = [o for o in outcome.outcomes.values() if o.status in ("failed", "error")]
     return EXIT_RUN_FAILED if failed else 0
+
+
+def _check_writable(results: Path, plan) -> None:
+    """Before any work: every folder the suite will write (records, checkpoints, manifest, reports,
+    data caches still to generate) must be writable."""
+    from benchmark.cli import check_data_writable
+    from benchmark.fileio import NotWritableError, check_writable
+    from benchmark.train import output_folders
+    folders = {results / "suites", results / "reports"}
+    for run in plan.todo:
+        folders.update(output_folders(results, run.cfg))
+    try:
+        for folder in sorted(folders):
+            check_writable(folder)
+        seen = set()
+        for run in plan.todo:
+            key = (run.cfg.task, repr(run.cfg.task_cfg))
+            if key not in seen:
+                seen.add(key)
+                check_data_writable(run.cfg)
+    except NotWritableError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _log_to_wandb(logger, job, outcome) -> None:
+    if logger.disabled is not None or not outcome.record_path:
+        return
+    from benchmark.record import load_record
+    try:
+        record = load_record(outcome.record_path)
+    except (OSError, ValueError):
+        return
+    logger.log_record(record)
 
 
 def cmd_suite_status(args) -> int:

@@ -53,7 +53,8 @@ class Outcome:
     """What the parent learns about a finished run (the record itself is on disk)."""
 
     run_id: str
-    status: str                 # completed / diverged / failed / error (no record was written)
+    status: str                 # completed / diverged / failed / error (no record was written) /
+                                # running (another live process holds the run; nothing written)
     reason: str | None = None
     wall_seconds: float = 0.0
     record_path: str | None = None
@@ -67,10 +68,15 @@ def execute(args, results: str, threads: int | None = None,
     reported on standard error and ignored, since the record is the source of truth.
     """
     _limit_threads(threads)
+    from benchmark.fileio import RunLocked
     from benchmark.train import train
     cfg = args.resolve()
     argv = list(command) if command else ["relaxbench", "suite", "run"]
-    record, path = train(cfg, results=Path(results), progress=False, argv=argv)
+    try:
+        record, path = train(cfg, results=Path(results), progress=False, argv=argv,
+                             unless_recorded=("completed", "diverged"))
+    except RunLocked as exc:    # another process (another suite, a `relaxbench run`) has it
+        return Outcome(cfg.run_id, "running", str(exc))
     if after is not None:
         try:
             after(record)

@@ -22,25 +22,29 @@ from pathlib import Path
 from typing import Callable
 
 from benchmark.config import ConfigError
-from benchmark.record import read_record, record_path, write_json_atomic
+from benchmark.fileio import quarantine
+from benchmark.record import STATUSES, read_or_quarantine, record_path, write_json_atomic
 from benchmark.suite.spec import Cell, PlannedRun, Spec
 
-__all__ = ["Plan", "plan_suite", "parse_only", "ONLY_KEYS", "prepare_data", "run_suite", "cell_status", "format_status",
+__all__ = ["DataPreparationError", "Plan", "plan_suite", "parse_only", "ONLY_KEYS", "prepare_data", "run_suite", "cell_status", "format_status",
            "write_manifest", "SuiteResult", "STATES"]
 
-STATES = ("completed", "diverged", "failed", "missing")
+STATES = STATUSES + ("missing",)
 
 
 def existing_status(results: Path, run: PlannedRun) -> str:
-    """``completed``/``diverged``/``failed`` from the run's record, or ``missing``."""
+    """``completed``/``diverged``/``failed`` from the run's record, or ``missing``.
+
+    A file in the record's place that is not a valid record of this run is moved to
+    ``quarantine/`` beside it with one warning, and the run counts as missing (it reruns)."""
     path = record_path(results, run.cfg)
     if not path.is_file():
         return "missing"
-    try:
-        record = read_record(path)
-    except (OSError, ValueError):
+    record = read_or_quarantine(path)
+    if record is None:
         return "missing"
-    if (record.get("config") or {}).get("hash") != run.cfg.hash or record.get("status") not in STATES:
+    if record["config"]["hash"] != run.cfg.hash:
+        quarantine(path, f"holds the record of configuration {record['config']['hash']}, not {run.cfg.hash}")
         return "missing"
     return record["status"]
 
@@ -88,6 +92,10 @@ def plan_suite(spec: Spec, results: Path, *, retry_failed: bool = False,
     return Plan(spec, runs, states, todo)
 
 
+class DataPreparationError(RuntimeError):
+    """A task's data could not be prepared (generated, verified); the message is one line."""
+
+
 def prepare_data(runs: list[PlannedRun], *, progress: bool = True) -> int:
     """Build the task of each distinct task configuration once (generating its data if needed)."""
     from benchmark.registry import TASKS
@@ -101,7 +109,13 @@ def prepare_data(runs: list[PlannedRun], *, progress: bool = True) -> int:
         seen.add(key)
         task_cls = TASKS.get(cfg.task).obj
         kwargs = {"progress": progress} if "progress" in task_cls.__init__.__code__.co_varnames else {}
-        task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=DTYPES[cfg.train.dtype], **kwargs)
+        try:
+            task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=DTYPES[cfg.train.dtype], **kwargs)
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line, before any worker starts
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataPreparationError(f"data of task {cfg.task} ({run.run_id}): {text}") from exc
     return len(seen)
 
 
@@ -145,7 +159,11 @@ class _Progress:
 
     def finished(self, job, outcome) -> None:
         self.running = max(0, self.running - 1)
-        if outcome.status != "completed":
+        if outcome.status == "running":
+            self.skipped += 1
+            if self.bar is not None:
+                self.bar.write(f"{job.run_id}: skipped, {outcome.reason}", file=sys.stderr)
+        elif outcome.status != "completed":
             self.failed += 1
             if self.bar is not None:
                 self.bar.write(f"{job.run_id}: {outcome.status} ({outcome.reason})", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Suite specifications: a YAML file describing a grid of benchmark runs.
 
-A specification is read with ``yaml.safe_load`` and checked before anything runs. Its keys::
+A specification is read with YAML's safe loader (a key given twice in one mapping is an error, not
+the last one silently winning) and checked before anything runs. Its keys::
 
     name: quick                      # the suite's name (default: the file's stem)
     protocol: "nbody 1000/500/500, egnn h32, 30 epochs"   # the label printed under every table
@@ -12,7 +13,7 @@ A specification is read with ``yaml.safe_load`` and checked before anything runs
       train_sizes: [500]
       seeds: [0, 1, 2]
     overrides: [train.eval_every=5]  # key=value for every run, as on the command line
-    epochs: 30                       # optional shorthand for train.epochs
+    epochs: 30                       # optional shorthand for train.epochs (not both)
     preset: null                     # optional named preset of the task/backbone
     cells:                           # optional per-cell overrides, applied after the shared ones
       - where: {method: "ace-*"}     # keys: task, backbone, method, train_size, seed (value or list)
@@ -206,21 +207,66 @@ def shipped_suites() -> list[str]:
     return sorted(p.name[:-5] for p in _specs_dir().iterdir() if p.name.endswith(".yaml"))
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of a suite file gives one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, at any depth.
+
+    Keys brought in by a merge (``<<: *anchor``) may still be overridden by the mapping's own keys.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKeyError(
+                        problem=f"duplicate key {key!r} (first given at line {first.start_mark.line + 1}, "
+                                f"column {first.start_mark.column + 1})",
+                        problem_mark=key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """The YAML document ``text``; any error is a one-line :class:`SpecError` with its line and column."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = " ".join(str(exc.problem or exc.context or "not valid YAML").split())
+        if isinstance(exc, _DuplicateKeyError):
+            raise SpecError(f"{path}: {where}{problem}") from None
+        context = f" ({' '.join(exc.context.split())})" if exc.context and exc.problem else ""
+        raise SpecError(f"{path}: {where}not valid YAML: {problem}{context}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def load_spec(spec: str | Path) -> Spec:
     """A shipped suite by name, or a YAML file by path."""
     text = str(spec)
     path = Path(text)
     if text in shipped_suites() and not path.is_file():
         res = _specs_dir() / f"{text}.yaml"
-        return parse_spec(yaml.safe_load(res.read_text()), path=Path(str(res)), source=text)
+        return parse_spec(_load_yaml(res.read_text(), Path(str(res))), path=Path(str(res)), source=text)
     if not path.is_file():
         raise SpecError(f"suite {text!r}: neither a shipped suite nor a file; shipped suites: "
                         + ", ".join(shipped_suites()) + " (or give the path to a .yaml file)")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_spec(data, path=path, source=str(path))
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from None
+    return parse_spec(_load_yaml(text, path), path=path, source=str(path))
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -281,8 +327,10 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
         raise SpecError(f"{path}: expected a mapping with keys {', '.join(TOP_KEYS)}, got {type(data).__name__}")
     _check_keys(data, TOP_KEYS, path, "")
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not name or any(c in name for c in "/\\ "):
-        raise _err(path, "name", f"expected a name without spaces or slashes, got {name!r}")
+    from benchmark.record import is_safe_component
+    if not is_safe_component(name):
+        raise _err(path, "name", f"expected a single name of letters, digits, '.', '_', '+' or '-' (it names "
+                                 f"the suite's report folder; not '.', '..' or a path), got {name!r}")
     protocol = data.get("protocol")
     if not isinstance(protocol, str) or not protocol.strip():
         raise _err(path, "protocol", "required: a one-line label of the protocol (data, schedule, model)")
@@ -330,6 +378,13 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
             raise _err(path, key + ".where", f"expected a mapping with keys among {', '.join(WHERE_KEYS)}")
         _check_keys(where, WHERE_KEYS, path, key + ".where.")
         cells.append({"where": dict(where), "overrides": _overrides(rule.get("overrides"), path, key + ".overrides")})
+    if epochs is not None:  # one setting, one place: `epochs:` or a train.epochs override, not both
+        sources = [("overrides", overrides)] + [(f"cells[{i}].overrides", c["overrides"]) for i, c in enumerate(cells)]
+        for where, items in sources:
+            for item in items:
+                if item.split("=", 1)[0].strip() in ("train.epochs", "epochs"):
+                    raise _err(path, "epochs", f"{epochs} conflicts with {where}: {item.strip()}; give the number "
+                                               f"of epochs once")
 
     headline_raw = data.get("headline", "declared")
     headline: dict[str, str] = {}

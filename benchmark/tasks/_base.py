@@ -114,6 +114,12 @@ class Task:
         """The largest training-set size the task offers under ``cfg``."""
         return cls.max_train_size
 
+    @classmethod
+    def cache_folders_to_write(cls, cfg: Any) -> list:
+        """Folders that building the task under ``cfg`` would still have to write (a data cache
+        not generated yet); checked to be writable before a run starts. Default: none."""
+        return []
+
     # -- data -------------------------------------------------------------------------------------
     def to(self, device: torch.device | str) -> "Task":
         """Move the splits held in memory to ``device`` (in place); returns the task.

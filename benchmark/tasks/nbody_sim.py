@@ -6,7 +6,8 @@ Coulomb-like force, the simulator of NRI (Kipf et al., 2018) ported to three
 dimensions.  The reference data are the output of the original script run
 as ``generate_dataset.py --num-train 10000 --seed 43 --sufix small``
 (10000 train, 2000 valid, 2000 test trajectories from one random stream);
-their SHA-256 fingerprints are committed in ``datasets/nbody/``.
+their SHA-256 fingerprints are committed as package data,
+``benchmark/tasks/_reference/nbody_checksums.json`` (documented in ``datasets/nbody/``).
 
 The original integrates one trajectory at a time (about half an hour for the
 standard split).  Here all trajectories of a chunk are integrated together in
@@ -527,7 +528,9 @@ def save_split(directory: Union[str, Path], split_name: str,
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{split_name}.npz"
-    np.savez(path, **{k: np.ascontiguousarray(arrays[k]) for k in ARRAY_KEYS})
+    from benchmark.fileio import atomic_path
+    with atomic_path(path) as tmp:          # a reader never sees a half-written split
+        np.savez(tmp, **{k: np.ascontiguousarray(arrays[k]) for k in ARRAY_KEYS})
     return path
 
 
@@ -537,13 +540,24 @@ def load_split(path: Union[str, Path]) -> Dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+#: The committed fingerprints of the standard split: a data file of this package (package data,
+#: so that an installed, non-editable copy verifies its data like a checkout does).
+REFERENCE_RESOURCE = ("benchmark.tasks", "_reference", "nbody_checksums.json")
+
+
+def _reference_resource():
+    from importlib.resources import files
+    package, folder, name = REFERENCE_RESOURCE
+    return files(package).joinpath(folder).joinpath(name)
+
+
 def reference_dir() -> Path:
-    """Directory of the committed fingerprints, ``<repo>/datasets/nbody``."""
-    return Path(__file__).resolve().parents[2] / "datasets" / "nbody"
+    """Folder of the committed fingerprints, ``benchmark/tasks/_reference`` in the package."""
+    return Path(str(_reference_resource())).parent
 
 
 def load_reference_fingerprints(path: Optional[Union[str, Path]] = None) -> dict:
-    """Read the committed fingerprints (``datasets/nbody/checksums.json``).
+    """Read the committed fingerprints (package data ``benchmark/tasks/_reference/nbody_checksums.json``).
 
     Returns
     -------
@@ -553,23 +567,40 @@ def load_reference_fingerprints(path: Optional[Union[str, Path]] = None) -> dict
     Raises
     ------
     FileNotFoundError
-        If the file is absent (e.g. the package is installed without the
-        repository's ``datasets/`` folder).
+        If the file is absent: the package is installed without its data files, which is an error
+        (verification is never skipped silently).
+    ValueError
+        If the file is not a JSON object of splits.
     """
-    path = Path(path) if path is not None else reference_dir() / "checksums.json"
-    with open(path, "r", encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _reference_or_empty() -> dict:
+    resource = Path(path) if path is not None else _reference_resource()
     try:
-        return load_reference_fingerprints()
+        text = resource.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return {}
+        raise FileNotFoundError(
+            f"the committed nbody reference fingerprints are missing ({resource}): this installation of "
+            "relaxbench lacks its package data; reinstall it (the file is declared in pyproject.toml's "
+            "package-data)") from None
+    data = json.loads(text)
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{resource}: not a JSON object of splits")
+    return data
 
 
-#: Fingerprints of the standard split (``{}`` when ``checksums.json`` is absent).
-REFERENCE_FINGERPRINTS: dict = _reference_or_empty()
+_REFERENCE_CACHE: dict = {}
+
+
+def _reference() -> dict:
+    if not _REFERENCE_CACHE:
+        _REFERENCE_CACHE.update(load_reference_fingerprints())
+    return _REFERENCE_CACHE
+
+
+def __getattr__(name: str):
+    # REFERENCE_FINGERPRINTS is read on first use (not at import), so that a broken installation
+    # fails where the fingerprints are needed, with the message of load_reference_fingerprints.
+    if name == "REFERENCE_FINGERPRINTS":
+        return _reference()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def verify(arrays: Mapping[str, Mapping[str, np.ndarray]],
@@ -582,7 +613,8 @@ def verify(arrays: Mapping[str, Mapping[str, np.ndarray]],
         ``{split: {key: array}}`` as returned by :func:`generate` (any subset
         of splits/keys).
     reference : mapping, optional
-        Defaults to :data:`REFERENCE_FINGERPRINTS`.
+        Defaults to ``REFERENCE_FINGERPRINTS``, the committed fingerprints (an error when
+        their file is missing).
 
     Returns
     -------
@@ -590,7 +622,7 @@ def verify(arrays: Mapping[str, Mapping[str, np.ndarray]],
         One human-readable line per mismatch (dtype, shape or SHA-256, or a
         missing reference); empty when everything matches.
     """
-    reference = REFERENCE_FINGERPRINTS if reference is None else reference
+    reference = _reference() if reference is None else reference
     problems: List[str] = []
     for split, d in arrays.items():
         for key, a in d.items():

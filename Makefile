@@ -1,5 +1,5 @@
 # relaxbench: set up, run the main job, test.
-#   make setup quick     # a virtual environment with everything, then the `quick` suite
+#   make setup quick     # a virtual environment with everything, then the `quick` suite (into build/quick)
 #   make setup test      # the same environment, then every test
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,13 +18,13 @@ setup: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 
 quick:
-	$(BIN)/relaxbench suite run quick
+	$(BIN)/relaxbench suite run quick --results build/quick
 
 test:
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -m "slow or not slow" --doctest-modules tests benchmark baselines
 
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --doctest-modules tests benchmark baselines
 
 test-slow:
 	$(BIN)/python -m pytest -q -m slow

@@ -30,7 +30,7 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of argparse's usage dump
-        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _registry(kind: str):
@@ -38,6 +38,13 @@ def _registry(kind: str):
     if kind not in regs:
         raise UsageError(f"relaxbench ls: unknown kind {kind!r}; allowed: tasks, backbones, methods")
     return regs[kind]
+
+
+def _plain(text: str) -> str:
+    """A docstring line as plain text: reStructuredText roles and literals without their markup."""
+    import re
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "").replace("`", "")
 
 
 def cmd_ls(args) -> int:
@@ -50,7 +57,7 @@ def cmd_ls(args) -> int:
         for name in names:
             entry = reg.get(name)
             doc = (entry.obj.__doc__ or sys.modules[entry.obj.__module__].__doc__ or "").strip().splitlines()
-            first = doc[0] if doc else ""
+            first = _plain(doc[0]) if doc else ""
             print(f"{'  ' if len(kinds) > 1 else ''}{name:<16} {first}")
             if args.verbose and entry.config is not None:
                 for key, default, text in help_rows(entry.default_config()):
@@ -83,21 +90,31 @@ def cmd_run(args) -> int:
     from benchmark.devices import resolve_device
     device = resolve_device(args.device)
     from benchmark.fileio import NotWritableError, RunLocked
-    from benchmark.train import RunWriteError, output_folders, train
+    from benchmark.train import RunWriteError, check_run_writable, train
     try:
-        check_data_writable(cfg)
-        for folder in output_folders(results, cfg):
-            from benchmark.fileio import check_writable
-            check_writable(folder)
+        check_run_writable(results, cfg)
     except NotWritableError as exc:
         raise ConfigError(str(exc)) from None
     wandb_logger = None
     if getattr(args, "wandb", False):
         from benchmark.report.wandb_logger import WandbRunLogger  # optional extra
         wandb_logger = WandbRunLogger(project=args.wandb_project)
+    if not args.force:
+        from benchmark.record import load_record, record_path
+        try:
+            existing = load_record(record_path(results, cfg))
+        except (OSError, ValueError):
+            existing = None
+        if existing is not None and existing["config"]["hash"] == cfg.hash and existing["status"] == "completed":
+            print(f"relaxbench: {cfg.run_id}: a completed record of this configuration exists; not retrained "
+                  "(--force retrains it)", file=sys.stderr)
+            print(summary_line(existing))
+            print(f"record: {record_path(results, cfg)}")
+            return 0
     try:
         record, path = train(cfg, results=results, resume=not args.no_resume, progress=not args.quiet,
-                             argv=["relaxbench"] + list(args.argv), device=device)
+                             argv=["relaxbench"] + list(args.argv), device=device,
+                             unless_recorded=() if args.force else ("completed",))
     except RunLocked as exc:
         print(f"relaxbench: {cfg.run_id}: {exc}; nothing written", file=sys.stderr)
         return 0
@@ -107,20 +124,16 @@ def cmd_run(args) -> int:
         print(f"relaxbench: error: {exc}", file=sys.stderr)
         return EXIT_RUN_FAILED
     if wandb_logger is not None:
-        wandb_logger.log_record(record)
+        folder = wandb_logger.log_record(record)
+        if folder:
+            from benchmark.report.wandb_logger import wandb_mode
+            mode = wandb_logger.mode or wandb_mode()
+            print(f"W&B run ({mode}): {folder}" + ("; upload it with `wandb sync " + folder + "`"
+                                                   if mode == "offline" else ""), file=sys.stderr)
     print(summary_line(record))
     print(f"record: {path}")
     # one rule for `run` and `suite run`: diverged is a result (exit 0), failed is an error (exit 1)
     return EXIT_RUN_FAILED if record["status"] == "failed" else 0
-
-
-def check_data_writable(cfg) -> None:
-    """Where the run's task must still generate its data cache, that folder must be writable."""
-    from benchmark.registry import TASKS
-    from benchmark.fileio import check_writable
-    task_cls = TASKS.get(cfg.task).obj
-    for folder in task_cls.cache_folders_to_write(cfg.task_cfg):
-        check_writable(folder)
 
 
 def summary_line(record: dict) -> str:
@@ -177,16 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show every config key with its default")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("run", help="train and evaluate one run, write its record")
-    p.add_argument("--task", required=True)
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-size", type=int, default=None, help="training samples (default: the task's)")
+    p = sub.add_parser("run", help="train and evaluate one run, write its record",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", required=True, help="a registered task (`relaxbench ls tasks`)")
+    p.add_argument("--backbone", required=True, help="a registered backbone (`relaxbench ls backbones`)")
+    p.add_argument("--method", required=True, help="a registered method (`relaxbench ls methods`)")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed (initialisation, data order, evaluation)")
+    p.add_argument("--train-size", type=int, default=None, help="training samples (None: the task's default)")
     p.add_argument("--epochs", type=int, default=None, help="shorthand for train.epochs=E")
     p.add_argument("--preset", default=None, help="a named set of paper settings, e.g. 'ace'")
     p.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's default)")
+    p.add_argument("--force", action="store_true",
+                   help="train even when a completed record of this configuration exists (it is replaced)")
     p.add_argument("--device", default=None,
                    help="auto (a GPU when there is one), cpu, cuda or cuda:N; default $RELAXBENCH_DEVICE or auto")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")

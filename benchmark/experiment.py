@@ -61,7 +61,7 @@ class RunConfig:
         the hash is taken of its :func:`canonical_resolved` form)."""
         task_cls = TASKS.get(self.task).obj
         return {
-            "task": self.task, "task_version": getattr(task_cls, "version", "1"),
+            "task": self.task, "task_version": task_cls.version,
             "backbone": self.backbone, "method": self.method,
             "seed": self.seed, "train_size": self.train_size, "preset": self.preset,
             "task_cfg": to_dict(self.task_cfg), "model_cfg": to_dict(self.model_cfg),
@@ -147,7 +147,7 @@ def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size:
     method_entry = _lookup(METHODS, method, "method")
     task_cls, model_cls, method_cls = task_entry.obj, backbone_entry.obj, method_entry.obj
 
-    supported = getattr(model_cls, "tasks", ("*",))
+    supported = model_cls.tasks
     if "*" not in supported and task not in supported:
         raise ConfigError(f"backbone {backbone!r} does not support task {task!r}; it supports: "
                           + ", ".join(supported))
@@ -165,10 +165,10 @@ def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size:
                           f"give the number of epochs once")
 
     # schedule: defaults < task < backbone-for-task < preset < user
-    train_layers: list[Mapping[str, Any]] = [dict(getattr(task_cls, "train_defaults", {})),
-                                             dict(getattr(model_cls, "train_defaults", {}).get(task, {}))]
+    train_layers: list[Mapping[str, Any]] = [dict(task_cls.train_defaults),
+                                             dict(model_cls.train_defaults.get(task, {}))]
     if preset is not None:
-        presets = {**getattr(task_cls, "presets", {}), **getattr(model_cls, "presets", {})}
+        presets = {**task_cls.presets, **model_cls.presets}
         if preset not in presets:
             allowed = ", ".join(sorted(presets)) or "(none)"
             raise ConfigError(f"preset={preset!r}: presets of {task}/{backbone} are {allowed}")
@@ -189,7 +189,7 @@ def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size:
         cfgs[ns] = apply_overrides(cfg, split[ns], prefix=f"{ns}.") if cfg is not None else None
 
     # the strict method never builds branches: its network has no unconstrained part at all
-    if not getattr(method_cls, "uses_branch", True) and cfgs["model"] is not None \
+    if not method_cls.uses_branch and cfgs["model"] is not None \
             and any(f.name == "branch" for f in fields(cfgs["model"])):
         if split["model"].get("branch", "none") != "none":
             raise ConfigError(f"model.branch={split['model']['branch']!r}: method {method!r} uses no branch")
@@ -201,11 +201,10 @@ def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size:
             validate(cfg, prefix=f"{ns}.")
 
     if train_size is None:
-        train_size = getattr(task_cls, "default_train_size", 1000)
+        train_size = task_cls.default_train_size
     if isinstance(train_size, bool) or not isinstance(train_size, int):
         raise ConfigError(f"train_size={train_size!r}: expected an integer")
-    limit = task_cls.max_train_size_for(cfgs["task"]) if hasattr(task_cls, "max_train_size_for") \
-        else getattr(task_cls, "max_train_size", 10**9)
+    limit = task_cls.max_train_size_for(cfgs["task"])
     if not 1 <= train_size <= limit:
         raise ConfigError(f"train_size={train_size}: allowed 1..{limit} for task {task!r}")
     return RunConfig(task=task, backbone=backbone, method=method, seed=seed, train_size=train_size,

@@ -77,11 +77,23 @@ class Method:
         The evaluation variants this method reports; the first is its headline.
     uses_branch : bool
         ``False`` builds the backbone without unconstrained branches (the strict model).
+    compile_safe : bool
+        ``False`` when the method's loss cannot run under ``torch.compile`` (it then trains eagerly).
     """
 
     registry_name: ClassVar[str] = "?"
     variants: ClassVar[tuple[str, ...]] = ("relaxed",)
     uses_branch: ClassVar[bool] = True
+    compile_safe: ClassVar[bool] = True
+
+    @classmethod
+    def check_registration(cls, name: str) -> None:
+        """Called by the registry: the declared variants are known ones, without repeats."""
+        variants = cls.variants
+        if not isinstance(variants, tuple) or not variants or len(set(variants)) != len(variants) \
+                or not set(variants) <= set(VARIANTS):
+            raise TypeError(f"method {name!r}: variants={variants!r}; expected a non-empty tuple of distinct "
+                            f"names among {', '.join(VARIANTS)} (the first is the headline)")
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg

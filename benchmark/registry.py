@@ -13,6 +13,10 @@ Guarantees
 * Looking up an unknown name raises :class:`UnknownNameError`, whose message lists the closest
   registered names and every registered name.
 * :meth:`Registry.list` takes shell-style wildcards (``"ace-*"``).
+* What is registered is what the harness expects: a registry with a declared base class
+  (``module:Class``) refuses anything that does not subclass it, and calls the base's
+  ``check_registration(name)`` so a base class can check its declared contract (a method's
+  ``variants``, a backbone's ``tasks``) when the entry is registered, not when a run reads it.
 * Entries are discovered lazily: the first lookup imports the registry's discovery modules and,
   for methods, every entry point of the group ``relaxbench.methods``, so a method can live in
   another installed package.
@@ -94,8 +98,10 @@ class Registry(Generic[T]):
     benchmark.registry.UnknownNameError: unknown widget 'rund'; did you mean 'round'? Registered widgets: round
     """
 
-    def __init__(self, kind: str, packages: tuple[str, ...] = (), entry_point_group: str | None = None):
+    def __init__(self, kind: str, packages: tuple[str, ...] = (), entry_point_group: str | None = None,
+                 base: str | None = None):
         self.kind = kind
+        self._base = base
         self._packages = packages
         self._entry_point_group = entry_point_group
         self._entries: dict[str, RegistryEntry[T]] = {}
@@ -122,6 +128,13 @@ class Registry(Generic[T]):
     def add(self, name: str, obj: T, *, config: type | None = None) -> None:
         """Register ``obj`` under ``name`` (the non-decorator form of :meth:`register`)."""
         source = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+        if self._base is not None:
+            module, _, attr = self._base.partition(":")
+            base = getattr(importlib.import_module(module), attr)
+            if not (isinstance(obj, type) and issubclass(obj, base)):
+                raise TypeError(f"{self.kind} {name!r} ({source}) must be a subclass of {base.__module__}."
+                                f"{base.__qualname__}")
+            obj.check_registration(name)
         if name in self._entries:
             prev = self._entries[name]
             raise DuplicateNameError(
@@ -200,6 +213,8 @@ def _import_submodules(package: str) -> None:
         importlib.import_module(info.name)
 
 
-TASKS: Registry[Any] = Registry("task", packages=("benchmark.tasks",))
-BACKBONES: Registry[Any] = Registry("backbone", packages=("benchmark.backbones",))
-METHODS: Registry[Any] = Registry("method", packages=("baselines",), entry_point_group="relaxbench.methods")
+TASKS: Registry[Any] = Registry("task", packages=("benchmark.tasks",), base="benchmark.tasks._base:Task")
+BACKBONES: Registry[Any] = Registry("backbone", packages=("benchmark.backbones",),
+                                    base="benchmark.nn._relaxed:HomotopyModel")
+METHODS: Registry[Any] = Registry("method", packages=("baselines",), entry_point_group="relaxbench.methods",
+                                  base="benchmark.method:Method")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ from benchmark.record import (RunRecord, checkpoint_path, code_version, device_n
                               lock_path, provenance, record_path, write_record)
 from benchmark.registry import BACKBONES, METHODS, TASKS
 
-__all__ = ["build", "train", "RunInterrupted", "RunWriteError", "RunLocked", "Built", "output_folders"]
+__all__ = ["build", "train", "RunInterrupted", "RunWriteError", "RunLocked", "Built", "output_folders",
+           "check_run_writable", "data_folders_to_write"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -105,8 +107,7 @@ def build(cfg: RunConfig, *, progress: bool = False, device: torch.device | str 
     dtype = DTYPES[cfg.train.dtype]
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     task_cls = TASKS.get(cfg.task).obj
-    kwargs = {"progress": progress} if "progress" in task_cls.__init__.__code__.co_varnames else {}
-    task = task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=dtype, **kwargs)
+    task = task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=dtype, progress=progress)
     if device.type != "cpu":
         task.to(device)
     _seed_all(cfg.seed)
@@ -127,7 +128,7 @@ def use_compile(cfg: RunConfig, method: Method) -> bool:
     Methods that cannot run under ``torch.compile`` declare ``compile_safe = False`` and train eagerly.
     """
     mode = cfg.train.compile
-    if mode == "off" or not getattr(method, "compile_safe", True):
+    if mode == "off" or not method.compile_safe:
         return False
     if mode == "on":
         return True
@@ -277,6 +278,18 @@ def output_folders(results: Path | str, cfg: RunConfig) -> list[Path]:
     return [record_path(results, cfg).parent, checkpoint_path(results, cfg).parent]
 
 
+def data_folders_to_write(cfg: RunConfig) -> list[Path]:
+    """The folders the run's task must still write its data cache into (none once it exists)."""
+    return [Path(f) for f in TASKS.get(cfg.task).obj.cache_folders_to_write(cfg.task_cfg)]
+
+
+def check_run_writable(results: Path | str, cfg: RunConfig) -> None:
+    """Raise :class:`~benchmark.fileio.NotWritableError` unless every folder a run of ``cfg``
+    writes (record, checkpoint, data cache still to generate) can be written."""
+    for folder in data_folders_to_write(cfg) + output_folders(results, cfg):
+        check_writable(folder)
+
+
 def _diagnostics(built: Built) -> dict:
     model = built.model
     diag: dict[str, Any] = {}
@@ -340,6 +353,9 @@ def _train_locked(cfg: RunConfig, results: Path, rec_path: Path, ckpt: Path, *, 
         if resume:
             try:
                 state = _load_checkpoint(ckpt, built) or state
+                if state.epoch:
+                    print(f"relaxbench: {cfg.run_id}: resuming from epoch {state.epoch} (its checkpoint)",
+                          file=sys.stderr, flush=True)
             except CheckpointError as exc:
                 quarantine(ckpt, f"{exc}; the run starts from scratch")
                 built = build(cfg, progress=progress, device=device)

@@ -355,7 +355,7 @@ def test_rpp_decay_reaches_only_branch_parameters(tiny_config):
 # every method, every registered task and backbone
 # ---------------------------------------------------------------------------------------------
 def _supported(backbone: str, task: str) -> bool:
-    tasks = getattr(BACKBONES.get(backbone).obj, "tasks", ("*",))
+    tasks = BACKBONES.get(backbone).obj.tasks
     return "*" in tasks or task in tasks
 
 

@@ -80,3 +80,35 @@ def test_builtin_registries_are_populated():
     assert "nbody" in TASKS.list()
     assert "egnn" in BACKBONES.list()
     assert {"strict", "unconstrained"} <= set(METHODS.list())
+
+
+def test_registries_refuse_what_does_not_subclass_their_base():
+    """What the harness reads is declared on the base classes, so the registries check it."""
+    from benchmark.method import Method
+    from benchmark.registry import BACKBONES, METHODS, TASKS
+    for registry, what in ((METHODS, "Method"), (BACKBONES, "HomotopyModel"), (TASKS, "Task")):
+        with pytest.raises(TypeError, match=f"must be a subclass of .*{what}"):
+            registry.register("not-a-subclass")(type("Plain", (), {}))
+        assert "not-a-subclass" not in registry
+
+    class UnknownVariant(Method):
+        variants = ("projected", "smoothed")
+    with pytest.raises(TypeError, match="variants=.*smoothed"):
+        METHODS.register("unknown-variant")(UnknownVariant)
+
+    class Repeated(Method):
+        variants = ("relaxed", "relaxed")
+    with pytest.raises(TypeError, match="distinct"):
+        METHODS.register("repeated-variant")(Repeated)
+    assert "unknown-variant" not in METHODS and "repeated-variant" not in METHODS
+
+
+def test_every_registered_entry_keeps_its_declared_contract():
+    from benchmark.method import VARIANTS
+    from benchmark.registry import BACKBONES, METHODS, TASKS
+    for name in METHODS.list():
+        cls = METHODS.get(name).obj
+        assert set(cls.variants) <= set(VARIANTS) and isinstance(cls.compile_safe, bool)
+        assert isinstance(cls.uses_branch, bool)
+    for name in BACKBONES.list():
+        assert set(BACKBONES.get(name).obj.tasks) <= set(TASKS.list()) | {"*"}

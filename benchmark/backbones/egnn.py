@@ -112,8 +112,7 @@ class EGNNLayer(nn.Module):
 class EGNN(HomotopyModel):
     """Relaxed EGNN for tasks whose batches are :class:`GeometricBatch` with position targets."""
 
-    tasks = ("nbody", "nbody-field", "mocap")
-    train_defaults: dict = {}
+    tasks = ("nbody",)
 
     def __init__(self, cfg: EGNNConfig, task):
         super().__init__()

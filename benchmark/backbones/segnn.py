@@ -206,8 +206,7 @@ def _relax(layer: RelaxedLayer, s, v, blocks, in_s, in_v):
 class SEGNN(HomotopyModel):
     """Relaxed SEGNN for tasks whose batches are :class:`GeometricBatch` with position targets."""
 
-    tasks = ("nbody", "nbody-field")
-    train_defaults: dict = {}
+    tasks = ("nbody",)
 
     def __init__(self, cfg: SEGNNConfig, task):
         super().__init__()

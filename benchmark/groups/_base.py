@@ -30,6 +30,12 @@ class Group(Protocol):
 
     def identity(self, n: int, dtype: torch.dtype = torch.float32) -> GroupElements: ...
 
+    def cases(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+              ) -> dict[str, GroupElements]:
+        """Named kinds of element to test one by one (e.g. ``rotation``, ``reflection``,
+        ``translation``), ``n`` of each: an equivariance test reports its error per case."""
+        ...
+
 
 @runtime_checkable
 class Rep(Protocol):

@@ -95,6 +95,21 @@ class EuclideanGroup:
             t = torch.zeros(n, 3, dtype=torch.float64)
         return E3Elements(R.to(dtype), t.to(dtype))
 
+    def cases(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+              ) -> dict[str, E3Elements]:
+        """``rotation`` (proper, no translation), and where the group has them ``reflection``
+        (improper, no translation) and ``translation`` (identity rotation), ``n`` of each."""
+        g = self.sample(n, generator, torch.float64)
+        R = g.rotation * torch.linalg.det(g.rotation)[:, None, None]        # proper: det R = 1
+        zero = torch.zeros(n, 3, dtype=torch.float64)
+        out = {"rotation": E3Elements(R.to(dtype), zero.to(dtype))}
+        if self.reflections:
+            out["reflection"] = E3Elements((-R).to(dtype), zero.to(dtype))
+        if self.translations:
+            t = self.translation_scale * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+            out["translation"] = E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), t.to(dtype))
+        return out
+
     def identity(self, n: int, dtype: torch.dtype = torch.float32) -> E3Elements:
         return E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), torch.zeros(n, 3, dtype=dtype))
 

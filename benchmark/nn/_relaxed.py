@@ -18,7 +18,7 @@ Guarantees
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -106,7 +106,32 @@ class RelaxedLayer(nn.Module):
 
 
 class HomotopyModel(nn.Module):
-    """Base class of every backbone: the gamma and projection API on top of its relaxed layers."""
+    """Base class of every backbone: the gamma and projection API on top of its relaxed layers.
+
+    Class attributes (the backbone's declared contract, read by the harness)
+    ------------------------------------------------------------------------
+    tasks : tuple of str
+        Registered task names the backbone can be built for (``("*",)``: any task).
+    train_defaults : mapping
+        Per task, ``TrainConfig`` keys this backbone's protocol sets on top of the task's.
+    presets : mapping
+        Named override sets of this backbone (merged with the task's presets).
+    """
+
+    registry_name: ClassVar[str] = "?"
+    tasks: ClassVar[tuple[str, ...]] = ("*",)
+    train_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @classmethod
+    def check_registration(cls, name: str) -> None:
+        """Called by the registry: ``tasks`` is a tuple of names, ``train_defaults`` is keyed by them."""
+        if not isinstance(cls.tasks, tuple) or not cls.tasks or not all(isinstance(t, str) for t in cls.tasks):
+            raise TypeError(f"backbone {name!r}: tasks={cls.tasks!r}; expected a non-empty tuple of task names")
+        if "*" not in cls.tasks:
+            extra = set(cls.train_defaults) - set(cls.tasks)
+            if extra:
+                raise TypeError(f"backbone {name!r}: train_defaults for {sorted(extra)}, which are not in its tasks")
 
     def relaxed_layers(self) -> list[RelaxedLayer]:
         """The relaxed layers in forward order (only those with a branch)."""

@@ -119,21 +119,15 @@ def cmd_suite_run(args) -> int:
 def _check_writable(results: Path, plan) -> None:
     """Before any work: every folder the suite will write (records, checkpoints, manifest, reports,
     data caches still to generate) must be writable."""
-    from benchmark.cli import check_data_writable
     from benchmark.fileio import NotWritableError, check_writable
-    from benchmark.train import output_folders
+    from benchmark.train import data_folders_to_write, output_folders
     folders = {results / "suites", results / "reports"}
     for run in plan.todo:
         folders.update(output_folders(results, run.cfg))
+        folders.update(data_folders_to_write(run.cfg))
     try:
         for folder in sorted(folders):
             check_writable(folder)
-        seen = set()
-        for run in plan.todo:
-            key = (run.cfg.task, repr(run.cfg.task_cfg))
-            if key not in seen:
-                seen.add(key)
-                check_data_writable(run.cfg)
     except NotWritableError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -108,9 +108,8 @@ def prepare_data(runs: list[PlannedRun], *, progress: bool = True) -> int:
             continue
         seen.add(key)
         task_cls = TASKS.get(cfg.task).obj
-        kwargs = {"progress": progress} if "progress" in task_cls.__init__.__code__.co_varnames else {}
         try:
-            task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=DTYPES[cfg.train.dtype], **kwargs)
+            task_cls(cfg.task_cfg, train_size=cfg.train_size, dtype=DTYPES[cfg.train.dtype], progress=progress)
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - one line, before any worker starts

@@ -100,10 +100,23 @@ class Task:
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     group: Group
 
-    def __init__(self, cfg: Any, *, train_size: int, dtype: torch.dtype = torch.float32):
+    @classmethod
+    def check_registration(cls, name: str) -> None:
+        """Called by the registry: the declared protocol attributes have their declared types."""
+        if not isinstance(cls.higher_is_better, bool) or not isinstance(cls.metric, str):
+            raise TypeError(f"task {name!r}: metric must be a name and higher_is_better a bool")
+        for attr in ("train_defaults", "presets"):
+            if not isinstance(getattr(cls, attr), Mapping):
+                raise TypeError(f"task {name!r}: {attr} must be a mapping")
+
+    def __init__(self, cfg: Any, *, train_size: int, dtype: torch.dtype = torch.float32, progress: bool = True):
+        """``progress``: show progress of a long data preparation (tasks without one ignore it)."""
         self.cfg = cfg
         self.train_size = train_size
         self.dtype = dtype
+        #: The splits held in memory (``train``/``valid``/``test`` -> a batch object with
+        #: ``to(device=...)``); a task fills it, or overrides :meth:`split` and :meth:`to`.
+        self.splits: dict[str, Any] = {}
 
     @property
     def name(self) -> str:
@@ -124,20 +137,19 @@ class Task:
     def to(self, device: torch.device | str) -> "Task":
         """Move the splits held in memory to ``device`` (in place); returns the task.
 
-        The default moves every object of the ``_splits`` mapping that has a ``to(device=...)``
-        method; a task that keeps its data elsewhere overrides this.
+        The default moves every object of :attr:`splits`; a task that keeps its data elsewhere
+        overrides this.
         """
-        splits = getattr(self, "_splits", None)
-        if splits is None:
-            raise NotImplementedError(f"task {self.name!r} cannot move its data to {device}")
-        for key, value in splits.items():
-            splits[key] = value.to(device=device)
+        for key, value in self.splits.items():
+            self.splits[key] = value.to(device=device)
         self.device = torch.device(device)
         return self
 
     def split(self, split: str) -> Any:
-        """The whole split as one batch object (held in memory)."""
-        raise NotImplementedError
+        """The whole split as one batch object (held in memory): by default from :attr:`splits`."""
+        if split not in self.splits:
+            raise KeyError(f"task {self.name!r} holds no split {split!r}; it holds {', '.join(self.splits) or 'none'}")
+        return self.splits[split]
 
     def split_size(self, split: str) -> int:
         return len(self.split(split))
@@ -156,6 +168,17 @@ class Task:
             yield data.index(idx) if shuffle else data.index(slice(start, start + batch_size))
 
     # -- symmetry ---------------------------------------------------------------------------------
+    def permute_nodes(self, perm: torch.Tensor, batch: Any) -> Any:
+        """``batch`` with its nodes relabelled by ``perm``, or ``None`` for a task without nodes
+        (then no permutation equivariance is asked of its backbones). Default: a
+        :class:`GeometricBatch`'s ``permute_nodes``."""
+        return batch.permute_nodes(perm) if isinstance(batch, GeometricBatch) else None
+
+    def permute_output(self, perm: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The output of a node-permuted input: node outputs (axis 1) permuted. A task whose
+        output is invariant to permutations (one value per graph) overrides this."""
+        return y[:, perm]
+
     def group_sample(self, n: int, generator: torch.Generator) -> GroupElements:
         return self.group.sample(n, generator, dtype=self.dtype)
 

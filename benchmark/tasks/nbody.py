@@ -285,12 +285,11 @@ class NBody(Task):
             raise ValueError(f"train_size={train_size}: at most task.num_train={cfg.num_train}")
         self.group = EuclideanGroup(reflections=True, translations=True)
         _, data = _load_or_generate(cfg, progress=progress)   # verified (once) there
-        self._splits: dict[str, GeometricBatch] = {}
         for split in ("train", "valid", "test"):
             arrays = data[split]
             if split == "train":
                 arrays = {k: v[:train_size] for k, v in arrays.items()}
-            self._splits[split] = self._to_batch(arrays)
+            self.splits[split] = self._to_batch(arrays)
 
     @classmethod
     def cache_folders_to_write(cls, cfg: NBodyConfig) -> list:
@@ -311,9 +310,6 @@ class NBody(Task):
         edge_attr = charges[:, :, None, :] * charges[:, None, :, :]  # q_i q_j, (S, 5, 5, 1)
         batch = GeometricBatch(pos=loc[:, a], vel=vel[:, a], edge_attr=edge_attr, target=loc[:, b])
         return batch.to(self.dtype)
-
-    def split(self, split: str) -> GeometricBatch:
-        return self._splits[split]
 
     # symmetry: positions and target rotate, reflect and translate; velocities rotate and reflect
     def act_input(self, g, batch: GeometricBatch) -> GeometricBatch:

@@ -30,7 +30,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
 @pytest.mark.slow
 def test_two_starts_of_one_run_one_trains_the_other_says_so_and_writes_nothing(tmp_path):
     results = tmp_path / "results"
-    args = run_args(results, epochs=40)
+    args = run_args(results, epochs=150)
     for trial in range(3):
         a, b = popen(args), popen(args)
         (out_a, err_a), (out_b, err_b) = a.communicate(timeout=600), b.communicate(timeout=600)

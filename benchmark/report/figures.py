@@ -62,21 +62,48 @@ def _palette(methods: list[str]) -> dict[str, tuple]:
     return dict(zip(methods, sns.color_palette("tab10", n_colors=max(len(methods), 1))))
 
 
-def _lines(ax, data: pd.DataFrame, hue: str, order: list, colors: dict | None = None, band: bool = True) -> None:
-    """One line per ``hue`` value: the mean of ``value`` over seeds at each epoch, +/- one sd."""
+_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P"),
+           ((0, (3, 1, 1, 1, 1, 1)), "X"), ("-", "*")]
+
+
+def _style(order: list, key) -> dict:
+    """A line style and marker per series, so series that coincide (the exactly equivariant
+    methods' equivariance errors at the rounding floor) stay visible as distinct lines."""
+    dash, marker = _STYLES[order.index(key) % len(_STYLES)]
+    return {"linestyle": dash, "marker": marker, "markersize": 3.5, "linewidth": 1.3}
+
+
+def _lines(ax, data: pd.DataFrame, hue: str, order: list, colors: dict | None = None, band: bool = True,
+           log: bool = False) -> None:
+    """One line per ``hue`` value: the mean of ``value`` over seeds at each epoch, +/- one sd. On a
+    log axis both are taken of log10(value) (geometric mean, times/divided by the geometric sd), so
+    a band never reaches below zero."""
     for key in order:
         part = data[data[hue] == key]
         if part.empty:
             continue
-        agg = part.groupby("epoch").value.agg(["mean", "std"]).reset_index()
+        values = part.assign(value=np.log10(part.value.where(part.value > 0))) if log else part
+        agg = values.groupby("epoch").value.agg(["mean", "std"]).reset_index()
+        mean, sd = agg["mean"], agg["std"].fillna(0)
+        low, high = mean - sd, mean + sd
+        if log:
+            mean, low, high = 10 ** mean, 10 ** low, 10 ** high
         color = None if colors is None else colors[key]
-        line, = ax.plot(agg.epoch, agg["mean"], label=str(key), color=color)
+        every = max(1, len(agg) // 8)
+        line, = ax.plot(agg.epoch, mean, label=str(key), color=color, markevery=every, **_style(order, key))
         if band and agg["std"].notna().any():
-            ax.fill_between(agg.epoch, agg["mean"] - agg["std"].fillna(0), agg["mean"] + agg["std"].fillna(0),
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(agg.epoch, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+
+
+def _positive_spread(values) -> float:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    return float(v.max() / v.min()) if v.size > 1 and (v > 0).all() else 0.0
 
 
 def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
+    """Mean test metric per training size with its 95% interval; sizes with a single seed have no
+    interval and are drawn as open markers. Log-log axes when the sizes span a decade (the curve of
+    a power law is a line) and the metric is positive."""
     plt, _ = _plt()
     paths = []
     done = runs[(runs.status == "completed") & runs.headline]
@@ -84,29 +111,46 @@ def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
         if grp.train_size.nunique() < 2:
             continue
         metric = grp.metric.iloc[0] or "metric"
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        fig, ax = plt.subplots(figsize=(6.6, 3.9), constrained_layout=True)
         methods = sorted(grp.method.unique())
         colors = _palette(methods)
-        lows = []
+        means, single = [], False
+        log_x = _spans_decade(grp.train_size)
+        log_y = log_x and _positive_spread(grp.test_metric) > 1 or _spans_decade(grp.test_metric)
         for method in methods:
             stats = [(n, describe(g.test_metric)) for n, g in grp[grp.method == method].groupby("train_size")]
             x = np.array([n for n, _ in stats], dtype=float)
             mean = np.array([d["mean"] for _, d in stats])
             low = np.array([d["ci_low"] for _, d in stats])
             high = np.array([d["ci_high"] for _, d in stats])
-            ax.plot(x, mean, marker="o", label=method, color=colors[method])
+            ones = np.array([d["n"] == 1 for _, d in stats])
+            style = _style(methods, method)
+            ax.plot(x, mean, label=method, color=colors[method], linestyle=style["linestyle"], linewidth=1.3)
+            ax.plot(x[~ones], mean[~ones], linestyle="none", marker=style["marker"], color=colors[method], markersize=5)
+            if ones.any():
+                single = True
+                ax.plot(x[ones], mean[ones], linestyle="none", marker=style["marker"], markersize=6,
+                        markerfacecolor="white", markeredgecolor=colors[method])
             band = np.isfinite(low) & np.isfinite(high)     # a single-seed size has no interval: a gap
-            ax.fill_between(x, np.where(band, low, np.nan), np.where(band, high, np.nan), alpha=0.2,
+            if log_y:                                       # an interval reaching below zero ends at the axis
+                low = np.where(low > 0, low, np.nan)
+            ax.fill_between(x, np.where(band, low, np.nan), np.where(band, high, np.nan), alpha=0.15,
                             color=colors[method], linewidth=0)
-            lows.extend(mean)
-        if _spans_decade(grp.train_size):
+            means.extend(mean)
+        if log_x:
             ax.set_xscale("log")
-        if _spans_decade(lows):
+        if log_y:
             ax.set_yscale("log")
         ax.set_xlabel("training samples")
         ax.set_ylabel(f"test {metric} ({'higher' if grp.higher_is_better.iloc[0] else 'lower'} is better)")
         ax.set_title(f"{task} / {backbone}: sample efficiency (mean, 95% CI)")
-        ax.legend(fontsize=7, ncol=2)
+        handles, labels = ax.get_legend_handles_labels()
+        if single:
+            import matplotlib.lines as mlines
+            handles.append(mlines.Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
+                                         markeredgecolor="0.3"))
+            labels.append("one seed (no interval)")
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
         paths += _save(fig, out, f"sample_efficiency_{task}_{backbone}")
     return paths
 
@@ -118,17 +162,19 @@ def training_dynamics(curves: pd.DataFrame, out: Path) -> list[Path]:
                   & curves.quantity.isin(["val_metric", "equivariance_rel"])]
     for (suite, task, backbone, n), grp in data.groupby(["suite", "task", "backbone", "train_size"], sort=True):
         methods = sorted(grp.method.unique())
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
         for ax, (quantity, label) in zip(axes, (("val_metric", "validation metric"),
                                                ("equivariance_rel", "equivariance error (relative)"))):
             part = grp[grp.quantity == quantity]
-            _lines(ax, part, "method", methods, _palette(methods))
+            log = _spans_decade(part.value)
+            _lines(ax, part, "method", methods, _palette(methods), log=log)
             ax.set_xlabel("epoch")
-            if _spans_decade(part.value):
+            if log:
                 ax.set_yscale("log")
-            ax.set_ylabel(label)
-        axes[0].legend(fontsize=7, ncol=2)
-        fig.suptitle(f"{task} / {backbone}, n = {n}: training dynamics (headline variant, mean ± sd)")
+            ax.set_ylabel(label + (" (geometric mean)" if log else ""))
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="method")
+        fig.suptitle(f"{task} / {backbone}, n = {n}: training dynamics (headline variant, mean ± sd over seeds)")
         paths += _save(fig, out, f"training_dynamics_{task}_{backbone}_n{n}")
     return paths
 
@@ -144,8 +190,9 @@ def relaxation_parameters(curves: pd.DataFrame, out: Path) -> list[Path]:
         if not methods:
             continue
         quantities = [q for q in PER_LAYER if (grp[grp.method.isin(methods)].quantity == q).any()]
-        fig, axes = plt.subplots(len(quantities), len(methods), figsize=(3.2 * len(methods), 2.6 * len(quantities)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(len(quantities), len(methods), figsize=(3.2 * len(methods) + 1.8, 2.6 * len(quantities)),
+                                 squeeze=False, constrained_layout=True)
+        legend = None
         for i, q in enumerate(quantities):
             for j, method in enumerate(methods):
                 ax = axes[i][j]
@@ -156,17 +203,21 @@ def relaxation_parameters(curves: pd.DataFrame, out: Path) -> list[Path]:
                 _lines(ax, part, "layer", list(dict.fromkeys(part.layer)), band=False)
                 lowest = all(grp[(grp.method == method) & (grp.quantity == q2)].empty for q2 in quantities[i + 1:])
                 ax.set_xlabel("epoch" if lowest else "")
-                if i == 0 and j == len(methods) - 1:
-                    ax.legend(fontsize=7, title="layer")
+                if legend is None or len(ax.get_legend_handles_labels()[1]) > len(legend[1]):
+                    legend = ax.get_legend_handles_labels()
                 ax.set_title(f"{method}: {q}_i" if i == 0 else f"{q}_i", fontsize=8)
                 ax.set_ylabel(q)
+        if legend is not None:                  # outside the panels: it never covers a curve
+            fig.legend(*legend, loc="outside right center", fontsize=7, title="layer")
         fig.suptitle(f"{task} / {backbone}, n = {n}: per-layer relaxation parameters (mean over seeds)")
-        fig.tight_layout()
         paths += _save(fig, out, f"relaxation_parameters_{task}_{backbone}_n{n}")
     return paths
 
 
 def layer_relaxation(diagnostics: pd.DataFrame, out: Path) -> list[Path]:
+    """Per method with multipliers: the final lambda_i, gamma_i (and u_i) of each relaxed layer, one
+    column per task and backbone (their layers differ), bars per training size, mean ± sd over
+    seeds. Layer names are written at an angle, and the legend sits outside the panels."""
     plt, sns = _plt()
     paths = []
     if diagnostics.empty:
@@ -175,19 +226,34 @@ def layer_relaxation(diagnostics: pd.DataFrame, out: Path) -> list[Path]:
         if not (grp.quantity == "lambda").any():
             continue
         quantities = [q for q in ("lambda", "gamma", "u") if (grp.quantity == q).any()]
-        tasks = sorted(grp.task.unique())
-        fig, axes = plt.subplots(len(quantities), len(tasks), figsize=(4.2 * len(tasks), 2.6 * len(quantities)),
-                                 squeeze=False, constrained_layout=True)
-        for j, task in enumerate(tasks):
+        columns = sorted({(t, b) for t, b in zip(grp.task, grp.backbone)})
+        widths = [max(3.0, 0.42 * grp[(grp.task == t) & (grp.backbone == b)].layer.nunique() + 1.2)
+                  for t, b in columns]
+        sizes = sorted(grp.train_size.unique())
+        hue_order = [f"n={n}" for n in sizes]
+        palette = dict(zip(hue_order, sns.color_palette("viridis", len(hue_order))))
+        fig, axes = plt.subplots(len(quantities), len(columns), figsize=(sum(widths) + 1.6, 2.5 * len(quantities) + 0.8),
+                                 squeeze=False, gridspec_kw={"width_ratios": widths}, constrained_layout=True)
+        for j, (task, backbone) in enumerate(columns):
             for i, q in enumerate(quantities):
                 ax = axes[i][j]
-                part = grp[(grp.task == task) & (grp.quantity == q)].copy()
-                part["setting"] = part.backbone + ", n=" + part.train_size.astype(str)
-                sns.barplot(data=part, x="layer", y="value", hue="setting", errorbar="sd", ax=ax,
-                            legend=(i == 0 and j == len(tasks) - 1))
-                ax.set_ylabel(f"final {q}_i")
-                ax.set_xlabel("layer" if i == len(quantities) - 1 else "")
-                ax.set_title(task if i == 0 else "", fontsize=9)
+                part = grp[(grp.task == task) & (grp.backbone == backbone) & (grp.quantity == q)].copy()
+                part["size"] = "n=" + part.train_size.astype(str)
+                order = list(dict.fromkeys(part.layer))
+                sns.barplot(data=part, x="layer", y="value", hue="size", order=order,
+                            hue_order=[h for h in hue_order if h in set(part["size"])], palette=palette,
+                            errorbar="sd", ax=ax, legend=False, err_kws={"linewidth": 0.8})
+                ax.axhline(0.0, color="0.3", linewidth=0.6)
+                ax.set_ylabel(f"final {q}_i" if j == 0 else "")
+                ax.set_xlabel("relaxed layer" if i == len(quantities) - 1 else "")
+                ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+                for label in ax.get_xticklabels():
+                    label.set_horizontalalignment("right")
+                if i < len(quantities) - 1:
+                    ax.set_xticklabels([])
+                ax.set_title(f"{task} / {backbone}" if i == 0 else "", fontsize=9)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=palette[h]) for h in hue_order]
+        fig.legend(handles, hue_order, title="training size", loc="outside right upper", fontsize=7)
         fig.suptitle(f"{method}: which layers need relaxation (final values, mean ± sd over seeds)")
         paths += _save(fig, out, f"layer_relaxation_{method}")
     return paths

@@ -77,6 +77,15 @@ def _check_run_args(args) -> None:
 
 
 def cmd_run(args) -> int:
+    import torch
+    before = torch.get_num_threads()
+    try:
+        return _run(args)
+    finally:                 # a caller in the same process (a notebook, a test) keeps its threads
+        torch.set_num_threads(before)
+
+
+def _run(args) -> int:
     from benchmark.experiment import resolve
     _check_run_args(args)
     cfg = resolve(args.task, args.backbone, args.method, seed=args.seed, train_size=args.train_size,
@@ -84,17 +93,26 @@ def cmd_run(args) -> int:
     results = Path(args.results)
     if results.exists() and not results.is_dir():
         raise ConfigError(f"--results={args.results}: exists and is not a folder")
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-    from benchmark.devices import resolve_device
+    import torch
+    from benchmark.devices import default_threads, resolve_device
     device = resolve_device(args.device)
+    if args.threads:
+        threads, why = args.threads, "--threads"
+    elif device.type == "cpu":
+        threads, why = default_threads()
+    else:
+        threads, why = None, ""
+    if threads:
+        torch.set_num_threads(threads)
     from benchmark.fileio import NotWritableError, RunLocked
     from benchmark.train import RunWriteError, check_run_writable, train
     try:
         check_run_writable(results, cfg)
     except NotWritableError as exc:
         raise ConfigError(str(exc)) from None
+    # the run's first line: what it is, where, and with how many threads
+    where = f"{device}" + (f" with {threads} torch thread{'s' if threads != 1 else ''} ({why})" if threads else "")
+    print(f"relaxbench: {cfg.run_id} on {where}", file=sys.stderr, flush=True)
     wandb_logger = None
     if getattr(args, "wandb", False):
         from benchmark.report.wandb_logger import WandbRunLogger  # optional extra
@@ -200,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="shorthand for train.epochs=E")
     p.add_argument("--preset", default=None, help="a named set of paper settings, e.g. 'ace'")
     p.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (None: the free cores, i.e. the cores less the current load, at least 1)")
     p.add_argument("--force", action="store_true",
                    help="train even when a completed record of this configuration exists (it is replaced)")
     p.add_argument("--device", default=None,

@@ -16,7 +16,7 @@ import torch
 
 from benchmark.config import ConfigError
 
-__all__ = ["resolve_device", "DEVICE_ENV", "DEVICE_CHOICES"]
+__all__ = ["resolve_device", "DEVICE_ENV", "DEVICE_CHOICES", "default_threads"]
 
 DEVICE_ENV = "RELAXBENCH_DEVICE"
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -43,3 +43,26 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device={name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
+
+
+def default_threads(workers: int = 1) -> tuple[int, str]:
+    """Torch threads for one of ``workers`` runs on this machine's CPU, and why, in words.
+
+    Oversubscribed threads slow every run many times over (two threads on two busy cores were
+    measured 6-10x slower per step than one), so a run takes the cores that are free: the cores
+    this process may use, divided among the workers, less the load already running (the
+    one-minute load average), and never fewer than one.
+    """
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:              # not on Linux
+        cores = max(1, os.cpu_count() or 1)
+    share = max(1, cores // max(1, workers))
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    free = max(1, int(cores - load + 0.5))
+    threads = max(1, min(share, free))
+    why = f"{cores} cores" + (f" / {workers} workers" if workers > 1 else "") + f", load {load:.1f}"
+    return threads, why

@@ -86,3 +86,16 @@ def test_run_started_on_gpu_finishes_on_cpu(tiny_config, tmp_path, method):
     assert resumed["status"] == "completed"
     for variant, value in _test_metrics(whole).items():
         assert _test_metrics(resumed)[variant] == pytest.approx(value, rel=1e-6)
+
+
+def test_default_threads_take_the_free_cores_and_say_why(monkeypatch):
+    import os
+    from benchmark.devices import default_threads
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert default_threads() == (4, "4 cores, load 0.1")
+    assert default_threads(workers=2)[0] == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))      # a busy machine: the free cores
+    assert default_threads()[0] == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))      # never fewer than one
+    assert default_threads() == (1, "4 cores, load 9.0")

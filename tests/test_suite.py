@@ -366,3 +366,27 @@ def test_only_runs_a_part_of_the_grid_and_the_manifest_keeps_the_whole(tmp_path,
     assert len(manifest["runs"]) == 6                          # the whole grid, not the part that ran
     assert main(["suite", "run", str(spec_path), "--results", str(results), "--only", "seeds=0"]) == 2
     assert "KEY=PATTERN" in capsys.readouterr().err
+
+
+def test_estimate_reads_measured_step_times_and_suite_list_names_every_suite(tmp_path, capsys):
+    from benchmark.cli import main
+    from benchmark.suite.runner import estimate
+    spec = parse_spec(tiny_spec(seeds=[0, 1]), path=tmp_path / "tiny.yaml")
+    results = tmp_path / "results"
+    plan = plan_suite(spec, results)
+    assert estimate(plan.runs, results).measured == 0                   # nothing measured yet
+    run_suite(plan, InProcess(results=results), progress=False)
+    cost = estimate(plan.runs, results)
+    assert cost.measured == len(plan.runs) == cost.records and cost.unmeasured == 0
+    steps = {run.run_id: run.cfg.train.epochs * -(-run.cfg.train_size // run.cfg.train.batch_size)
+             for run in plan.runs}
+    assert cost.seconds > 0 and ("CPU-minutes" in cost.describe() or "CPU-hours" in cost.describe())
+    by_method = {}
+    for _, rec in iter_records(results):
+        by_method.setdefault(rec["method"], []).append(rec["provenance"]["segments"][0]["median_step_seconds"])
+    import statistics
+    want = sum(steps[run.run_id] * statistics.median(by_method[run.cfg.method]) for run in plan.runs)
+    assert cost.seconds == pytest.approx(want)
+    assert main(["suite", "list", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in shipped_suites())

@@ -67,6 +67,8 @@ def cmd_suite_run(args) -> int:
         print(f"note: {counts['failed']} failed runs are kept as they are; rerun them with --retry-failed",
               file=sys.stderr)
     if args.dry_run:
+        from benchmark.suite.runner import estimate
+        print(f"estimate: {estimate(plan.todo, results).describe(workers)}", file=sys.stderr)
         if spec.overrides or spec.epochs:
             shared = list(spec.overrides) + ([f"train.epochs={spec.epochs}"] if spec.epochs else [])
             print("shared overrides: " + " ".join(shared))
@@ -143,6 +145,30 @@ def _log_to_wandb(logger, job, outcome) -> None:
     logger.log_record(record)
 
 
+def cmd_suite_list(args) -> int:
+    """The shipped suites: what each is, its runs, how many are done here, and its cost."""
+    from benchmark.suite.runner import estimate
+    results = _results(args.results)
+    rows = []
+    for name in shipped_suites():
+        spec = load_spec(name)
+        plan = plan_suite(spec, results)
+        cost = estimate(plan.runs, results)
+        hours = f"{cost.seconds / 3600:.1f}" if cost.measured else "?"
+        if cost.unmeasured and cost.measured:
+            hours += "+"
+        rows.append((name, str(len(plan.runs)), str(plan.counts()["completed"]), hours, spec.protocol))
+    headers = ("suite", "runs", "done", "CPU-h", "protocol")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
+    for cells in [headers] + rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells[:-1], widths)))
+              + "  " + cells[-1])
+    print(f"CPU-h: training steps on this machine's kind of CPU, from the step times recorded under {results} "
+          "('+': some runs have no measurement yet, '?': none has); `relaxbench suite run NAME --dry-run` "
+          "lists a suite's runs", file=sys.stderr)
+    return 0
+
+
 def cmd_suite_status(args) -> int:
     spec = load_spec(args.spec)
     results = _results(args.results)
@@ -186,6 +212,10 @@ def add_parser(sub) -> None:
     g.add_argument("--qos", default=None)
     g.add_argument("--constraint", default=None)
     r.set_defaults(func=cmd_suite_run)
+
+    li = ssub.add_parser("list", help="the shipped suites: what, runs, done, estimated cost")
+    li.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
+    li.set_defaults(func=cmd_suite_list)
 
     s = ssub.add_parser("status", help="per cell: completed / diverged / failed / missing runs")
     s.add_argument("spec", metavar="SPEC", help=f"a shipped suite ({shipped}) or a YAML file")

@@ -26,7 +26,7 @@ from benchmark.fileio import quarantine
 from benchmark.record import STATUSES, read_or_quarantine, record_path, write_json_atomic
 from benchmark.suite.spec import Cell, PlannedRun, Spec
 
-__all__ = ["DataPreparationError", "Plan", "plan_suite", "parse_only", "ONLY_KEYS", "prepare_data", "run_suite", "cell_status", "format_status",
+__all__ = ["DataPreparationError", "Estimate", "estimate", "Plan", "plan_suite", "parse_only", "ONLY_KEYS", "prepare_data", "run_suite", "cell_status", "format_status",
            "write_manifest", "SuiteResult", "STATES"]
 
 STATES = STATUSES + ("missing",)
@@ -221,3 +221,62 @@ def format_status(status: dict[Cell, Counter]) -> str:
     line = lambda cells: "  ".join(c.ljust(w) if i < 4 else c.rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(headers), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])
+
+
+# -- cost ---------------------------------------------------------------------------------------
+@dataclass
+class Estimate:
+    """Training time of some runs, from the step times measured by earlier runs' records."""
+
+    seconds: float = 0.0              # summed over the runs that have a measurement
+    measured: int = 0                 # runs with a measured step time of their kind
+    unmeasured: int = 0               # runs without one (not counted in ``seconds``)
+    records: int = 0                  # records the step times come from
+
+    def describe(self, workers: int = 1) -> str:
+        if not self.measured:
+            return "no estimate (no record of these backbones and methods has a measured step time yet)"
+        hours = self.seconds / 3600
+        text = f"about {hours:.1f} CPU-hours of training steps" if hours >= 0.1 else \
+            f"about {self.seconds / 60:.0f} CPU-minutes of training steps"
+        if workers > 1:
+            text += f" (about {self.seconds / 3600 / workers:.1f} h on {workers} workers)"
+        text += f", from the median step times of {self.records} records"
+        if self.unmeasured:
+            text += f"; {self.unmeasured} runs have no measurement and are not counted"
+        return text + "; evaluation and compilation come on top"
+
+
+def estimate(runs: list[PlannedRun], results: Path, *, device: str = "cpu") -> Estimate:
+    """Training-step time of ``runs``: each run's steps times the median step time that completed
+    records of the same task, backbone and method measured on ``device`` (provenance segments)."""
+    from benchmark.record import iter_records
+    import statistics
+    times: dict[tuple, list[float]] = {}
+    records = 0
+    for _, rec in iter_records(results):
+        if rec["status"] != "completed":
+            continue
+        segments = [seg for seg in (rec["provenance"].get("segments") or [])
+                    if seg.get("device") == device and seg.get("median_step_seconds")]
+        if segments:
+            step = statistics.median(seg["median_step_seconds"] for seg in segments)
+        elif not rec["provenance"].get("segments") and rec["provenance"].get("device") == device \
+                and rec["timing"].get("median_step_seconds"):
+            step = rec["timing"]["median_step_seconds"]     # a record from before segments were kept
+        else:
+            continue
+        records += 1
+        key = (rec["task"], rec["backbone"], rec["method"], rec["config"]["resolved"].get("model_cfg", {}).get("hidden"))
+        times.setdefault(key, []).append(step)
+    out = Estimate(records=records)
+    for run in runs:
+        cfg = run.cfg
+        key = (cfg.task, cfg.backbone, cfg.method, getattr(cfg.model_cfg, "hidden", None))
+        if key not in times:
+            out.unmeasured += 1
+            continue
+        steps = cfg.train.epochs * -(-cfg.train_size // cfg.train.batch_size)
+        out.seconds += steps * statistics.median(times[key])
+        out.measured += 1
+    return out

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import re
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,8 +29,7 @@ from typing import Any, Iterator
 from benchmark.fileio import QUARANTINE, json_safe, quarantine, write_json_atomic
 
 __all__ = ["SCHEMA_VERSION", "STATUSES", "RunRecord", "RunId", "record_path", "checkpoint_path", "lock_path",
-           "write_record", "read_record", "load_record", "iter_records", "validate_record", "provenance",
-           "code_version", "device_name", "RecordError", "write_json_atomic", "safe_component",
+           "write_record", "read_record", "load_record", "iter_records", "validate_record", "RecordError", "write_json_atomic", "safe_component",
            "is_safe_component"]
 
 SCHEMA_VERSION = 1
@@ -283,53 +279,3 @@ def iter_records(results: Path) -> Iterator[tuple[Path, dict]]:
             quarantine(path, f"its contents are the record of {expected.relative_to(root)}")
             continue
         yield path, rec
-
-
-def code_version(where: Path | str | None = None) -> str | None:
-    """The commit of the checkout holding this code (or ``where``), or ``None`` outside git.
-
-    ``-dirty`` marks uncommitted changes to tracked files outside the top-level ``results/``
-    folder: records, reports and manifests are what runs write, not the code they ran."""
-    here = Path(where) if where is not None else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            sha = out.stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                    ":(top)", ":(top,exclude)results"],
-                                   cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
-            return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return None
-
-
-_NOW = object()
-
-
-def device_name(device: Any = None) -> str:
-    """``"cpu"`` or the GPU's model name (``None`` means the CPU)."""
-    import torch
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def provenance(argv: list[str] | None = None, device: Any = None, git_sha: Any = _NOW) -> dict[str, Any]:
-    """Git SHA, package versions, device and command line of this process. ``git_sha``: the commit
-    read when the run started (the code that ran), else it is read now."""
-    import numpy
-    import torch
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    for name in ("e3nn", "scipy", "escnn"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            versions[name] = getattr(mod, "__version__", "?")
-    try:
-        from importlib.metadata import version
-        versions["relaxbench"] = version("relaxbench")
-    except Exception:
-        versions["relaxbench"] = "unknown"
-    return {"git_sha": code_version() if git_sha is _NOW else git_sha, "packages": versions,
-            "device": device_name(device), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(terse=True),
-            "command": list(sys.argv if argv is None else argv)}

@@ -49,8 +49,8 @@ from benchmark.evaluate import evaluate_variant, truncation_error
 from benchmark.experiment import RunConfig
 from benchmark.fileio import RunLock, RunLocked, check_writable, describe_os_error, quarantine
 from benchmark.method import EpochContext, Method, StepContext
-from benchmark.record import (RunRecord, checkpoint_path, code_version, device_name, load_record,
-                              lock_path, provenance, record_path, write_record)
+from benchmark.provenance import code_version, device_name, provenance
+from benchmark.record import RunRecord, checkpoint_path, load_record, lock_path, record_path, write_record
 from benchmark.registry import BACKBONES, METHODS, TASKS
 
 __all__ = ["build", "train", "RunInterrupted", "RunWriteError", "RunLocked", "Built", "output_folders",

@@ -1,8 +1,8 @@
 """Imports flow one way through the layers of the architecture (lowest first):
 
     leaf (registry, config, fileio) < groups < nn < tasks < backbones < core (method, train, evaluate,
-    experiment, record, checkpoint, devices, migrate) < baselines < suite < report < cli
-    (the command's glue: benchmark.cli and the ``cli`` modules of suite and report)
+    experiment, record, checkpoint, devices, migrate, provenance, tracking) < baselines < suite
+    < report < cli (the command: ``benchmark.cli`` and its ``suite`` and ``report`` modules)
 
 A module imports only from its own layer and the layers below it, at the top of the file or
 inside a function alike; the registry reaches ``baselines`` by discovery, never by an import.
@@ -22,12 +22,13 @@ LAYERS = [
     ("tasks", ["benchmark.tasks"]),
     ("backbones", ["benchmark.backbones"]),
     ("core", ["benchmark.method", "benchmark.train", "benchmark.evaluate", "benchmark.experiment",
-              "benchmark.record", "benchmark.checkpoint", "benchmark.devices", "benchmark.migrate"]),
+              "benchmark.record", "benchmark.checkpoint", "benchmark.devices", "benchmark.migrate",
+              "benchmark.provenance", "benchmark.tracking"]),
     ("baselines", ["baselines"]),
     ("suite", ["benchmark.suite"]),
     ("report", ["benchmark.report"]),
     # the command's glue: `relaxbench run`, and the suite and report commands
-    ("cli", ["benchmark.cli", "benchmark.__main__", "benchmark.suite.cli", "benchmark.report.cli"]),
+    ("cli", ["benchmark.cli", "benchmark.__main__"]),
 ]
 
 

@@ -231,7 +231,7 @@ def test_cli_dry_run_status_and_errors(tmp_path, capsys):
 
 
 def test_slurm_resources_from_spec_and_command_line(tmp_path, monkeypatch):
-    from benchmark.suite.cli import _executor_options
+    from benchmark.cli.suite import _executor_options
     from benchmark.suite.executors import make_executor
     spec = parse_spec(tiny_spec(executor={"partition": "cpu", "time": 30, "mem": 4}), path=tmp_path / "t.yaml")
 

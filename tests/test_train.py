@@ -131,7 +131,7 @@ def test_code_version_is_dirty_for_code_changes_not_for_results(tmp_path):
     of the code they run; a changed source file is."""
     import subprocess
 
-    from benchmark.record import code_version
+    from benchmark.provenance import code_version
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=tmp_path,
@@ -155,9 +155,9 @@ def test_code_version_is_dirty_for_code_changes_not_for_results(tmp_path):
 
 def test_record_names_the_commit_the_run_started_from(tiny_config, tmp_path, monkeypatch):
     """A checkout that changes while a run trains must not relabel the code that ran."""
-    import benchmark.record
+    import benchmark.provenance
     import benchmark.train
     monkeypatch.setattr(benchmark.train, "code_version", lambda: "started-at")          # read at the start
-    monkeypatch.setattr(benchmark.record, "code_version", lambda: "changed-meanwhile")  # what a late read sees
+    monkeypatch.setattr(benchmark.provenance, "code_version", lambda: "changed-meanwhile")  # what a late read sees
     record, _ = train(tiny_config("strict", epochs=1), results=tmp_path, progress=False)
     assert record["provenance"]["git_sha"] == "started-at"

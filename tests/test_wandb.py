@@ -15,7 +15,7 @@ wandb = pytest.importorskip("wandb")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")   # third-party pydantic notices
 
 from benchmark.cli import main  # noqa: E402
-from benchmark.report.wandb_logger import WandbRunLogger, flatten_row, wandb_mode  # noqa: E402
+from benchmark.tracking.wandb_runs import WandbRunLogger, flatten_row, wandb_mode  # noqa: E402
 from conftest import tiny_overrides  # noqa: E402
 
 
@@ -213,7 +213,7 @@ def test_report_wandb_aggregate_run_and_offline_report_spec(offline, tmp_path, c
 
 def test_suite_hook_logs_each_run(offline, tmp_path):
     from benchmark.suite import parse_spec, plan_suite, run_suite
-    from benchmark.report.wandb_logger import log_record_to_wandb
+    from benchmark.tracking.wandb_runs import log_record_to_wandb
     import functools
     from test_suite import InProcess, tiny_spec
     spec = parse_spec(tiny_spec(), path=tmp_path / "tiny.yaml")

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.report.wandb_logger import init_timeout, wandb_mode
+from benchmark.tracking.wandb_runs import init_timeout, wandb_mode
 
 __all__ = ["log_aggregate", "report_spec", "build_report", "publish", "SPEC_FORMAT"]
 

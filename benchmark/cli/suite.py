@@ -90,7 +90,7 @@ def cmd_suite_run(args) -> int:
     if args.wandb:
         # W&B is logged here, in the suite's process, as each record lands: one logger for the whole
         # suite, so an unreachable W&B costs one short timeout and one warning, never a run's record
-        from benchmark.report.wandb_logger import WandbRunLogger
+        from benchmark.tracking.wandb_runs import WandbRunLogger
         logger = WandbRunLogger(args.wandb_project or spec.wandb.get("project"), entity=spec.wandb.get("entity"),
                                 suite=spec.name)
         on_finished = functools.partial(_log_to_wandb, logger)

@@ -115,7 +115,7 @@ def _run(args) -> int:
     print(f"relaxbench: {cfg.run_id} on {where}", file=sys.stderr, flush=True)
     wandb_logger = None
     if getattr(args, "wandb", False):
-        from benchmark.report.wandb_logger import WandbRunLogger  # optional extra
+        from benchmark.tracking.wandb_runs import WandbRunLogger  # optional extra
         wandb_logger = WandbRunLogger(project=args.wandb_project)
     if not args.force:
         from benchmark.record import load_record, record_path
@@ -144,7 +144,7 @@ def _run(args) -> int:
     if wandb_logger is not None:
         folder = wandb_logger.log_record(record)
         if folder:
-            from benchmark.report.wandb_logger import wandb_mode
+            from benchmark.tracking.wandb_runs import wandb_mode
             mode = wandb_logger.mode or wandb_mode()
             print(f"W&B run ({mode}): {folder}" + ("; upload it with `wandb sync " + folder + "`"
                                                    if mode == "offline" else ""), file=sys.stderr)
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
 
-    for module in ("benchmark.suite.cli", "benchmark.report.cli"):
+    for module in ("benchmark.cli.suite", "benchmark.cli.report"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as exc:

@@ -232,7 +232,8 @@ def layer_relaxation(diagnostics: pd.DataFrame, out: Path) -> list[Path]:
         sizes = sorted(grp.train_size.unique())
         hue_order = [f"n={n}" for n in sizes]
         palette = dict(zip(hue_order, sns.color_palette("viridis", len(hue_order))))
-        fig, axes = plt.subplots(len(quantities), len(columns), figsize=(sum(widths) + 1.6, 2.5 * len(quantities) + 0.8),
+        fig, axes = plt.subplots(len(quantities), len(columns), figsize=(max(sum(widths), 5.5) + 1.6,
+                                                                           2.5 * len(quantities) + 0.8),
                                  squeeze=False, gridspec_kw={"width_ratios": widths}, constrained_layout=True)
         for j, (task, backbone) in enumerate(columns):
             for i, q in enumerate(quantities):
@@ -253,7 +254,7 @@ def layer_relaxation(diagnostics: pd.DataFrame, out: Path) -> list[Path]:
                     ax.set_xticklabels([])
                 ax.set_title(f"{task} / {backbone}" if i == 0 else "", fontsize=9)
         handles = [plt.Rectangle((0, 0), 1, 1, color=palette[h]) for h in hue_order]
-        fig.legend(handles, hue_order, title="training size", loc="outside right upper", fontsize=7)
+        fig.legend(handles, hue_order, title="training size", loc="outside right center", fontsize=7)
         fig.suptitle(f"{method}: which layers need relaxation (final values, mean ± sd over seeds)")
         paths += _save(fig, out, f"layer_relaxation_{method}")
     return paths

@@ -274,7 +274,7 @@ def iter_records(results: Path) -> Iterator[tuple[Path, dict]]:
         rec = read_or_quarantine(path)
         if rec is None:
             continue
-        expected = root / f"{RunRecord.from_dict(rec).run_id}.json"
+        expected = root / f"{RunId(rec['task'], rec['backbone'], rec['method'], rec['train_size'], rec['seed'], rec['config']['hash'])}.json"
         if expected != path:
             quarantine(path, f"its contents are the record of {expected.relative_to(root)}")
             continue

@@ -54,7 +54,7 @@ from benchmark.record import RunRecord, checkpoint_path, load_record, lock_path,
 from benchmark.registry import BACKBONES, METHODS, TASKS
 
 __all__ = ["build", "train", "RunInterrupted", "RunWriteError", "RunLocked", "Built", "output_folders",
-           "check_run_writable", "data_folders_to_write"]
+           "check_run_writable", "data_folders_to_write", "existing_record"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -66,6 +66,13 @@ class RunInterrupted(Exception):
 class RunWriteError(OSError):
     """A checkpoint or record could not be written (a full disk, a vanished folder); nothing partial
     was left, and the last checkpoint still holds the run."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 @dataclass
@@ -325,17 +332,17 @@ def train(cfg: RunConfig, *, results: Path | str = "results", resume: bool = Tru
     for folder in output_folders(results, cfg):
         check_writable(folder)
     with RunLock(lock_path(results, cfg)):
-        done = _existing_record(rec_path, cfg) if unless_recorded else None
+        done = existing_record(results, cfg) if unless_recorded else None
         if done is not None and done["status"] in unless_recorded:
             return done, rec_path
         return _train_locked(cfg, results, rec_path, ckpt, resume=resume, progress=progress,
                              on_evaluation=on_evaluation, keep_checkpoint=keep_checkpoint, argv=argv, device=device)
 
 
-def _existing_record(rec_path: Path, cfg: RunConfig) -> dict | None:
-    """The valid record of this configuration at ``rec_path``, if there is one."""
+def existing_record(results: Path | str, cfg: RunConfig) -> dict | None:
+    """The valid record of ``cfg`` under ``results``, if there is one."""
     try:
-        rec = load_record(rec_path)
+        rec = load_record(record_path(results, cfg))
     except (OSError, ValueError):
         return None
     return rec if rec["config"]["hash"] == cfg.hash else None

@@ -71,8 +71,9 @@ def _check_run_args(args) -> None:
         if value is not None and value < (0 if name == "seed" else 1):
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{flag}={value}: must be >= {0 if name == 'seed' else 1}")
+    from benchmark.experiment import MAX_SEED
     seed = getattr(args, "seed", None)
-    if seed is not None and seed >= 2**63:  # experiment.MAX_SEED: seeds fit a signed 64-bit integer
+    if seed is not None and seed >= MAX_SEED:       # seeds fit a signed 64-bit integer
         raise ConfigError(f"--seed={seed}: must be < 2**63")
 
 
@@ -118,12 +119,10 @@ def _run(args) -> int:
         from benchmark.tracking.wandb_runs import WandbRunLogger  # optional extra
         wandb_logger = WandbRunLogger(project=args.wandb_project)
     if not args.force:
-        from benchmark.record import load_record, record_path
-        try:
-            existing = load_record(record_path(results, cfg))
-        except (OSError, ValueError):
-            existing = None
-        if existing is not None and existing["config"]["hash"] == cfg.hash and existing["status"] == "completed":
+        from benchmark.record import record_path
+        from benchmark.train import existing_record
+        existing = existing_record(results, cfg)
+        if existing is not None and existing["status"] == "completed":
             print(f"relaxbench: {cfg.run_id}: a completed record of this configuration exists; not retrained "
                   "(--force retrains it)", file=sys.stderr)
             print(summary_line(existing))

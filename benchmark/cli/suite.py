@@ -147,13 +147,14 @@ def _log_to_wandb(logger, job, outcome) -> None:
 
 def cmd_suite_list(args) -> int:
     """The shipped suites: what each is, its runs, how many are done here, and its cost."""
-    from benchmark.suite.runner import estimate
+    from benchmark.suite.runner import estimate, measured_step_times
     results = _results(args.results)
+    measured = measured_step_times(results)         # read the records once for every suite
     rows = []
     for name in shipped_suites():
         spec = load_spec(name)
         plan = plan_suite(spec, results)
-        cost = estimate(plan.runs, results)
+        cost = estimate(plan.runs, results, measured=measured)
         hours = f"{cost.seconds / 3600:.1f}" if cost.measured else "?"
         if cost.unmeasured and cost.measured:
             hours += "+"

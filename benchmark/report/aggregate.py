@@ -274,7 +274,7 @@ def runs_frame(col: Collection) -> pd.DataFrame:
             var = (rec.get("variants") or {}).get(variant) if rec["status"] == "completed" else None
             eq = (var or {}).get("equivariance") or {}
             label = col.labels.get(str(path)) if path is not None else None
-            params = (var or {}).get("params", rec.get("params")) if var is not None else rec.get("params")
+            params = var.get("params", rec["params"]) if var else rec["params"]
             rows.append({
                 "suite": suite, "task": rec["task"], "backbone": rec["backbone"],
                 "method": f"{rec['method']} [{label}]" if label else rec["method"],

@@ -26,7 +26,7 @@ from benchmark.fileio import quarantine
 from benchmark.record import STATUSES, read_or_quarantine, record_path, write_json_atomic
 from benchmark.suite.spec import Cell, PlannedRun, Spec
 
-__all__ = ["DataPreparationError", "Estimate", "estimate", "Plan", "plan_suite", "parse_only", "ONLY_KEYS", "prepare_data", "run_suite", "cell_status", "format_status",
+__all__ = ["DataPreparationError", "Estimate", "estimate", "measured_step_times", "Plan", "plan_suite", "parse_only", "ONLY_KEYS", "prepare_data", "run_suite", "cell_status", "format_status",
            "write_manifest", "SuiteResult", "STATES"]
 
 STATES = STATUSES + ("missing",)
@@ -247,9 +247,9 @@ class Estimate:
         return text + "; evaluation and compilation come on top"
 
 
-def estimate(runs: list[PlannedRun], results: Path, *, device: str = "cpu") -> Estimate:
-    """Training-step time of ``runs``: each run's steps times the median step time that completed
-    records of the same task, backbone and method measured on ``device`` (provenance segments)."""
+def measured_step_times(results: Path, *, device: str = "cpu") -> tuple[dict[tuple, list[float]], int]:
+    """Per (task, backbone, method, width): the median step times completed records under
+    ``results`` measured on ``device`` (provenance segments); and how many records gave one."""
     from benchmark.record import iter_records
     import statistics
     times: dict[tuple, list[float]] = {}
@@ -269,6 +269,16 @@ def estimate(runs: list[PlannedRun], results: Path, *, device: str = "cpu") -> E
         records += 1
         key = (rec["task"], rec["backbone"], rec["method"], rec["config"]["resolved"].get("model_cfg", {}).get("hidden"))
         times.setdefault(key, []).append(step)
+    return times, records
+
+
+def estimate(runs: list[PlannedRun], results: Path, *, device: str = "cpu",
+             measured: tuple[dict[tuple, list[float]], int] | None = None) -> Estimate:
+    """Training-step time of ``runs``: each run's steps times the median step time that completed
+    records of the same task, backbone, method and width measured on ``device``. ``measured``:
+    :func:`measured_step_times` read once for several estimates."""
+    import statistics
+    times, records = measured if measured is not None else measured_step_times(results, device=device)
     out = Estimate(records=records)
     for run in runs:
         cfg = run.cfg

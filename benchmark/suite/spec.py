@@ -238,8 +238,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _load_yaml(text: str, path: Path) -> Any:
     """The YAML document ``text``; any error is a one-line :class:`SpecError` with its line and column."""
+    loader = _UniqueKeyLoader(text)      # a yaml.SafeLoader: plain data only, never Python objects
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -250,6 +251,8 @@ def _load_yaml(text: str, path: Path) -> Any:
         raise SpecError(f"{path}: {where}not valid YAML: {problem}{context}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
 
 
 def load_spec(spec: str | Path) -> Spec:

@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch
 
 from benchmark.config import param
 from benchmark.fileio import QUARANTINE, move_aside  # noqa: F401 - QUARANTINE: where bad caches go
+from benchmark.fileio import warn as _warn
 from benchmark.groups import EuclideanGroup
 from benchmark.registry import TASKS
 from benchmark.tasks import nbody_sim
@@ -168,10 +168,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _warn(message: str) -> None:
-    print(f"relaxbench: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _quarantine(cache: Path, why: str) -> bool:

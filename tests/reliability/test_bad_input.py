@@ -147,6 +147,16 @@ def test_malformed_yaml_names_line_and_column(tmp_path):
     _assert_refused(tmp_path, proc, "suite.yaml: line 5, column 12: not valid YAML")
 
 
+def test_a_python_tag_in_a_suite_file_is_refused_and_never_runs(tmp_path):
+    """Suite files are untrusted bytes: a tag that would build a Python object (and run a shell
+    command) is refused by the safe loader, with its line, and nothing runs."""
+    marker = tmp_path / "pwned"
+    text = _suite_text() + f"description: !!python/object/apply:os.system ['touch {marker}']\n"
+    proc = _suite(tmp_path, text)
+    _assert_refused(tmp_path, proc, "suite.yaml: line", "not valid YAML", "python/object/apply:os.system")
+    assert not marker.exists()
+
+
 # -- 5. did you mean ----------------------------------------------------------------------------
 @pytest.mark.parametrize("override,key,close", [
     ("hiden=32", "'hiden'", "did you mean model.hidden?"),

@@ -45,12 +45,18 @@ def _copy(finished: Path, tmp_path: Path) -> tuple[Path, Path]:
     return spec, tmp_path / "results"
 
 
+def _damage(results: Path, index: int, kind: str) -> Path:
+    """Turn the index-th record under ``results`` into a file of ``kind`` (truncated when None)."""
+    victim = sorted((results / "runs").rglob("*.json"))[index]
+    text = NOT_RECORDS[kind]
+    victim.write_text(victim.read_text()[:200] if text is None else text)
+    return victim
+
+
 @pytest.mark.parametrize("kind", list(NOT_RECORDS))
 def test_a_file_that_is_not_a_record_is_reported_once_set_aside_and_rerun(finished, tmp_path, kind):
     spec, results = _copy(finished, tmp_path)
-    victim = sorted((results / "runs").rglob("*.json"))[0]
-    text = NOT_RECORDS[kind]
-    victim.write_text(victim.read_text()[:200] if text is None else text)
+    victim = _damage(results, 0, kind)
 
     status = relaxbench(["suite", "status", spec, "--results", results])
     assert status.returncode == 0, status.stderr
@@ -72,9 +78,7 @@ def test_a_file_that_is_not_a_record_is_reported_once_set_aside_and_rerun(finish
 @pytest.mark.parametrize("kind", list(NOT_RECORDS))
 def test_report_over_damaged_records_warns_and_does_not_crash(finished, tmp_path, kind):
     _, results = _copy(finished, tmp_path)
-    victim = sorted((results / "runs").rglob("*.json"))[1]
-    text = NOT_RECORDS[kind]
-    victim.write_text(victim.read_text()[:200] if text is None else text)
+    victim = _damage(results, 1, kind)
     report = relaxbench(["report", "--results", results, "--no-figures"])
     assert report.returncode == 0, report.stderr
     assert "Traceback" not in report.stderr and f"skipped {victim}" in report.stderr

@@ -86,6 +86,7 @@ def test_a_full_disk_is_one_clear_error_leaves_nothing_partial_and_the_rerun_wor
     assert "Traceback" not in done.stderr
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("relaxbench: error:")]
     assert done.stderr.strip().splitlines()[-1] == line             # the run's first line, then the error
+    assert line.startswith("relaxbench: error: checkpoint not written: ")   # the message, not an errno tuple
     assert "No space left on device" in line and "run the same command again" in line
     assert not leftovers(small)                                     # no partial .tmp file
     assert not list((results / "runs").rglob("*.json"))           # and no 'failed' record to retry

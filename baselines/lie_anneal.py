@@ -13,9 +13,9 @@ What each part implements:
   backbone's common branch, so that every method is compared on the same network.
 * the schedule of ``theta`` (:func:`schedule_value`, applied in :meth:`LieAnneal.before_epoch`),
   with ``s = epoch / (epochs - 1)`` the training progress: ``triangular`` (the authors' released
-  default) ``theta = theta_max (1 - |2 s - 1|)``, rising from 0 to ``theta_max`` at mid-training
-  and back to 0 at the last epoch; ``linear`` ``theta = theta_max (1 - s)``; ``constant``
-  ``theta = theta_max``.
+  default) ``theta = gamma_max (1 - |2 s - 1|)``, rising from 0 to ``gamma_max`` at mid-training
+  and back to 0 at the last epoch; ``linear`` ``theta = gamma_max (1 - s)``; ``constant``
+  ``theta = gamma_max``.
 * the regulariser added to the task loss (:meth:`LieAnneal.loss`)::
 
       lambda_reg * ( sqrt( sum_i sum_A ||L_A f_neq_i(x_i)||^2 ) + sqrt( sum_i ||f_neq_i(x_i)||^2 ) )
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from typing import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,11 +60,11 @@ SCHEDULES = ("triangular", "linear", "constant")
 @dataclass(frozen=True)
 class LieAnnealConfig:
     schedule: str = param("triangular", help="schedule of theta (gamma) over the epochs", choices=SCHEDULES)
-    theta_max: float = param(1.0, help="peak (triangular), initial (linear) or constant value of theta", ge=0)
+    gamma_max: float = param(1.0, help="peak (triangular), initial (linear) or constant value of gamma", ge=0)
     lambda_reg: float = param(0.01, help="weight of the Lie-derivative and branch-norm penalty", ge=0)
 
 
-def schedule_value(schedule: str, epoch: int, num_epochs: int, theta_max: float = 1.0) -> float:
+def schedule_value(schedule: str, epoch: int, num_epochs: int, gamma_max: float = 1.0) -> float:
     """``theta`` at ``epoch`` (0-based) of ``num_epochs``.
 
     Examples
@@ -76,12 +77,12 @@ def schedule_value(schedule: str, epoch: int, num_epochs: int, theta_max: float 
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
     if schedule == "constant":
-        return float(theta_max)
+        return float(gamma_max)
     s = epoch / (num_epochs - 1) if num_epochs > 1 else 1.0
     s = min(max(s, 0.0), 1.0)
     if schedule == "linear":
-        return float(theta_max * (1.0 - s))
-    return float(theta_max * (1.0 - abs(2.0 * s - 1.0)))
+        return float(gamma_max * (1.0 - s))
+    return float(gamma_max * (1.0 - abs(2.0 * s - 1.0)))
 
 
 def _as_rep_vectors(y: torch.Tensor, dim: int) -> torch.Tensor:
@@ -110,7 +111,7 @@ def acts_as_zero(rep, k: int, like: torch.Tensor) -> bool:
     return known[key]
 
 
-def lie_derivatives(layer, x: torch.Tensor, num_generators: int, *,
+def lie_derivatives(layer, x: torch.Tensor, generators: int | Sequence[int], *,
                     skip_zero_generators: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, f)``: the Lie derivatives ``L_A f_neq(x)`` of ``layer``'s branch for the generators
     ``A_0 .. A_{K-1}``, stacked on a new first axis ``(K, *f.shape)``, and ``f = f_neq(x)``.
@@ -122,9 +123,10 @@ def lie_derivatives(layer, x: torch.Tensor, num_generators: int, *,
     which do not translate, this halves the pass for E(3)). ``skip_zero_generators=False`` runs
     every generator (the same result; ``benchmarks/lie_penalty_time.py`` times the two).
     """
-    K = num_generators
+    basis = tuple(range(generators)) if isinstance(generators, int) else tuple(generators)
+    K = len(basis)
     n = x.shape[0]
-    active = [k for k in range(K) if not skip_zero_generators
+    active = [k for k in basis if not skip_zero_generators
               or not (acts_as_zero(layer.rep_in, k, x) and acts_as_zero(layer.rep_out, k, x))]
     if not active:
         f = _as_rep_vectors(layer.branch_output(x), layer.rep_out.dim)
@@ -141,7 +143,7 @@ def lie_derivatives(layer, x: torch.Tensor, num_generators: int, *,
         return defect, f
     rows = iter(defect.unbind(0))
     zero = f.new_zeros(f.shape)
-    return torch.stack([next(rows) if k in active else zero for k in range(K)]), f
+    return torch.stack([next(rows) if k in active else zero for k in basis]), f
 
 
 def finite_differences(layer, x: torch.Tensor, generators) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,14 +168,14 @@ class LieAnneal(Method):
     variants = ("projected",)
 
     def attach(self, model, task, train_cfg) -> None:
-        self.theta = schedule_value(self.cfg.schedule, 0, train_cfg.epochs, self.cfg.theta_max)
+        self.theta = schedule_value(self.cfg.schedule, 0, train_cfg.epochs, self.cfg.gamma_max)
         model.set_gammas(self.theta, learnable=False)
         self._recording: contextlib.ExitStack | None = None
         self.last_penalty: dict[str, float] = {}
 
     # -- schedule -------------------------------------------------------------------------------
     def before_epoch(self, ctx: EpochContext) -> None:
-        self.theta = schedule_value(self.cfg.schedule, ctx.epoch, ctx.num_epochs, self.cfg.theta_max)
+        self.theta = schedule_value(self.cfg.schedule, ctx.epoch, ctx.num_epochs, self.cfg.gamma_max)
         ctx.model.set_gammas(self.theta, learnable=False)
         # keep each branch's input of the training forward passes of this epoch
         self._stop_recording()
@@ -204,7 +206,7 @@ class LieAnneal(Method):
             x = x.detach()
             n = x.shape[0]
             if continuous:
-                defect, f = lie_derivatives(layer, x, group.lie_dim)
+                defect, f = lie_derivatives(layer, x, group.lie_basis)
             else:
                 make = getattr(group, "generators", None)
                 if not callable(make):

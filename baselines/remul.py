@@ -62,9 +62,8 @@ class RemulConfig:
     gradnorm_alpha: float = param(1.5, help="GradNorm asymmetry a", ge=0)
     gradnorm_lr: float = param(0.025, help="GradNorm learning rate of the loss weights", gt=0)
     gradnorm_min_weight: float = param(1e-3, help="GradNorm floor of each weight before renormalising", gt=0)
-    gamma: str = param("fixed", help="gammas fixed at gamma_value or learnable (no constraint)",
-                       choices=("fixed", "learnable"))
-    gamma_value: float = param(1.0, help="value (initial value when learnable) of every gamma")
+    gamma_init: float = param(1.0, help="value of every gamma (the initial value when learnable)")
+    gamma_learnable: bool = param(False, help="train the gammas too (without any constraint)")
 
 
 def label_of(task, batch) -> torch.Tensor:
@@ -133,7 +132,7 @@ class Remul(Method):
     variants = ("relaxed",)
 
     def attach(self, model, task, train_cfg) -> None:
-        model.set_gammas(self.cfg.gamma_value, learnable=self.cfg.gamma == "learnable")
+        model.set_gammas(self.cfg.gamma_init, learnable=self.cfg.gamma_learnable)
         self.generator = torch.Generator().manual_seed((7919 * self.seed + 17) % 2**64)  # any seed < 2**63
         self.gradnorm = (GradNorm(2, alpha=self.cfg.gradnorm_alpha, lr=self.cfg.gradnorm_lr,
                                   min_weight=self.cfg.gradnorm_min_weight)

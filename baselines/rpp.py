@@ -25,7 +25,7 @@ __all__ = ["RppConfig", "ResidualPathwayPrior"]
 @dataclass(frozen=True)
 class RppConfig:
     branch_decay: float = param(1e-2, help="L2 weight decay of the branch (unconstrained path) parameters", ge=0)
-    gamma: float = param(1.0, help="fixed value of every gamma")
+    gamma_init: float = param(1.0, help="fixed value of every gamma")
 
 
 @METHODS.register("rpp", config=RppConfig)
@@ -35,7 +35,7 @@ class ResidualPathwayPrior(Method):
     variants = ("relaxed",)
 
     def attach(self, model, task, train_cfg) -> None:
-        model.set_gammas(self.cfg.gamma, learnable=False)
+        model.set_gammas(self.cfg.gamma_init, learnable=False)
 
     def param_groups(self, model, train_cfg) -> list[dict]:
         groups = super().param_groups(model, train_cfg)

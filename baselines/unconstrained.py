@@ -16,8 +16,8 @@ from benchmark.registry import METHODS
 
 @dataclass(frozen=True)
 class UnconstrainedConfig:
-    gamma: float = param(1.0, help="value of every gamma")
-    learnable: bool = param(False, help="train the gammas too (without any constraint)")
+    gamma_init: float = param(1.0, help="value of every gamma (the initial value when learnable)")
+    gamma_learnable: bool = param(False, help="train the gammas too (without any constraint)")
 
 
 @METHODS.register("unconstrained", config=UnconstrainedConfig)
@@ -25,4 +25,4 @@ class Unconstrained(Method):
     variants = ("relaxed", "projected")
 
     def attach(self, model, task, train_cfg) -> None:
-        model.set_gammas(self.cfg.gamma, learnable=self.cfg.learnable)
+        model.set_gammas(self.cfg.gamma_init, learnable=self.cfg.gamma_learnable)

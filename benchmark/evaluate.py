@@ -45,15 +45,18 @@ def predict(model, batch, batch_size: int = 500) -> torch.Tensor:
 
 @torch.no_grad()
 def equivariance_error(model, task, batch, n_samples: int = 3, generator: torch.Generator | None = None,
-                       batch_size: int = 500, pred: torch.Tensor | None = None) -> dict[str, float]:
-    """Mean ``abs`` and ``rel`` equivariance error of ``model`` on ``batch`` (see module doc)."""
+                       batch_size: int = 500, pred: torch.Tensor | None = None, group=None) -> dict[str, float]:
+    """Mean ``abs`` and ``rel`` equivariance error of ``model`` on ``batch`` (see module doc), under
+    ``group`` (default: the task's group; any group whose elements the task's action takes, such
+    as one of ``task.extra_groups``)."""
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     fx = pred if pred is not None else predict(model, batch, batch_size)
     abs_sum = 0.0
     rel_sum = 0.0
     count = 0
     for _ in range(n_samples):
-        g = task.group_sample(len(batch), generator)
+        g = task.group_sample(len(batch), generator) if group is None \
+            else group.sample(len(batch), generator, dtype=task.dtype)
         f_gx = predict(model, task.act_input(g, batch), batch_size)
         g_fx = task.act_output(g, fx)
         err = task.output_error(f_gx, g_fx)
@@ -117,6 +120,13 @@ def evaluate_variant(model, task, split: str, variant: str, *, batch_size: int =
                 gen = torch.Generator().manual_seed(10_000 + seed)
                 out["equivariance"] = equivariance_error(model, task, data, equivariance_samples, gen,
                                                          batch_size, pred=pred)
+                extra = task.extra_groups
+                if extra:   # the subgroups the task declares, each measured on its own
+                    out["equivariance"]["groups"] = {
+                        name: equivariance_error(model, task, data, equivariance_samples,
+                                                 torch.Generator().manual_seed(20_000 + seed), batch_size,
+                                                 pred=pred, group=group)
+                        for name, group in sorted(extra.items())}
     finally:
         model.train(was_training)
     return out

@@ -21,19 +21,70 @@ from typing import Any, Mapping, Sequence
 
 from benchmark.config import (ConfigError, TrainConfig, apply_overrides, config_hash, parse_overrides,
                               to_dict, unknown_key_message, validate)
+from benchmark.nn import BranchConfig
 from benchmark.registry import BACKBONES, METHODS, TASKS, UnknownNameError
 
-__all__ = ["RunConfig", "resolve", "NAMESPACES", "MAX_SEED", "canonical_resolved", "HASH_RENAMES"]
+__all__ = ["RunConfig", "resolve", "NAMESPACES", "MAX_SEED", "canonical_resolved", "HASH_RENAMES", "HASH_ADDITIONS",
+           "HashRename", "HashAddition"]
 
 NAMESPACES = ("task", "model", "method", "train")
 
-#: Settings renamed since configuration hashes were first taken, as
-#: ``(task, section of the resolved dict, current name, name when hashed)``; ``task`` None means every
-#: task. The hash is taken of the old names (:func:`canonical_resolved`), so a rename never changes
-#: the hash, hence the id, of any run, old or new. Records store the current names. Add a row here
-#: for every rename of a field that enters :meth:`RunConfig.resolved`.
-HASH_RENAMES: tuple[tuple[str | None, str, str, str], ...] = (
-    ("nbody", "task_cfg", "data_seed", "seed"),     # task.seed -> task.data_seed (the generator's seed)
+@dataclass(frozen=True)
+class HashRename:
+    """A setting renamed after configuration hashes were first taken.
+
+    ``section`` is the part of the resolved dict (``task_cfg``, ``model_cfg``, ``method_cfg``,
+    ``train``); ``where`` lists ``(key, value)`` pairs of the resolved dict's top level that must
+    all match (``(("method", "remul"),)``: only remul's settings); ``old_values`` maps a value of
+    the new setting to the value the old one had, where the type changed with the name.
+    """
+
+    section: str
+    new: str
+    old: str
+    where: tuple[tuple[str, str], ...] = ()
+    old_values: tuple[tuple[Any, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class HashAddition:
+    """A setting added after hashes were first taken, whose ``default`` is what runs did before it
+    existed: at that value it is left out of the hash, so older runs keep their ids."""
+
+    section: str
+    name: str
+    default: Any
+    where: tuple[tuple[str, str], ...] = ()
+
+
+def _method(name: str) -> tuple[tuple[str, str], ...]:
+    return (("method", name),)
+
+
+#: Renamed settings: the hash is taken of the old names (:func:`canonical_resolved`), so a rename
+#: never changes the hash, hence the id, of any run, old or new. Records store the current names.
+#: Add a row here for every rename of a field that enters :meth:`RunConfig.resolved`.
+HASH_RENAMES: tuple[HashRename, ...] = (
+    HashRename("task_cfg", "data_seed", "seed", where=(("task", "nbody"),)),   # the generator's seed
+    # one spelling of the gamma policy across methods: gamma_init, gamma_learnable, gamma_max
+    HashRename("method_cfg", "gamma_init", "gamma", where=_method("unconstrained")),
+    HashRename("method_cfg", "gamma_learnable", "learnable", where=_method("unconstrained")),
+    HashRename("method_cfg", "gamma_init", "gamma", where=_method("rpp")),
+    HashRename("method_cfg", "gamma_init", "gamma_value", where=_method("remul")),
+    HashRename("method_cfg", "gamma_learnable", "gamma", where=_method("remul"),
+               old_values=((False, "fixed"), (True, "learnable"))),
+    HashRename("method_cfg", "gamma_max", "theta_max", where=_method("lie-anneal")),
+)
+
+#: Added settings, left out of the hash at the value that reproduces what runs did before them.
+HASH_ADDITIONS: tuple[HashAddition, ...] = (
+    HashAddition("model_cfg", "branch_act", "silu", where=(("backbone", "egnn"),)),
+    HashAddition("model_cfg", "branch_act", "gelu", where=(("backbone", "segnn"),)),
+    HashAddition("model_cfg", "branch_at", "gate-input", where=(("backbone", "segnn"),)),
+    HashAddition("model_cfg", "centre_input", True, where=(("backbone", "segnn"),)),
+    HashAddition("method_cfg", "dual_eps", 1e-8, where=_method("ace-eq")),
+    HashAddition("method_cfg", "dual_eps", 1e-8, where=_method("ace-elastic")),
+    HashAddition("method_cfg", "penalty_reduction", "mean", where=_method("lie-anneal")),
 )
 
 #: Seeds are ``0 <= seed < MAX_SEED``: they fit a signed 64-bit integer, which every generator
@@ -83,20 +134,35 @@ class RunConfig:
                 "train": self.train}[name]
 
 
+def _applies(where: tuple[tuple[str, str], ...], resolved: Mapping[str, Any]) -> bool:
+    return all(resolved.get(key) == value for key, value in where)
+
+
 def canonical_resolved(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """``resolved`` (as :meth:`RunConfig.resolved` returns it) with every renamed field of
-    :data:`HASH_RENAMES` under the name it had when hashes were first taken: what the hash is
-    taken of. A dict that already has the old names (an old record's) is returned unchanged."""
+    """``resolved`` (as :meth:`RunConfig.resolved` returns it) in the form hashes were first taken
+    of: every renamed field of :data:`HASH_RENAMES` under its old name (and old value), every field
+    of :data:`HASH_ADDITIONS` at its default left out. A dict already in that form (an old
+    record's) is returned unchanged.
+
+    >>> canonical_resolved({"method": "lie-anneal", "method_cfg": {"gamma_max": 1.0}})
+    {'method': 'lie-anneal', 'method_cfg': {'theta_max': 1.0}}
+    """
     out = dict(resolved)
-    for task, section, new, old in HASH_RENAMES:
-        if task is not None and resolved.get("task") != task:
+    for rename in HASH_RENAMES:
+        values = out.get(rename.section)
+        if not _applies(rename.where, resolved) or not isinstance(values, Mapping) or rename.new not in values:
             continue
-        values = out.get(section)
-        if not isinstance(values, Mapping) or new not in values:
-            continue
-        if old in values:
-            raise ValueError(f"{section} has both {new!r} and {old!r}; HASH_RENAMES maps {new!r} to {old!r}")
-        out[section] = {(old if k == new else k): v for k, v in values.items()}
+        if rename.old in values:
+            raise ValueError(f"{rename.section} has both {rename.new!r} and {rename.old!r}; "
+                             f"HASH_RENAMES maps {rename.new!r} to {rename.old!r}")
+        mapping = dict(rename.old_values)
+        out[rename.section] = {(rename.old if k == rename.new else k): (mapping.get(v, v) if k == rename.new else v)
+                               for k, v in values.items()}
+    for added in HASH_ADDITIONS:
+        values = out.get(added.section)
+        if _applies(added.where, resolved) and isinstance(values, Mapping) and added.name in values \
+                and values[added.name] == added.default and type(values[added.name]) is type(added.default):
+            out[added.section] = {k: v for k, v in values.items() if k != added.name}
     return out
 
 
@@ -105,10 +171,6 @@ def _lookup(registry, name: str, what: str):
         return registry.get(name)
     except UnknownNameError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _empty():
-    return None
 
 
 def _split_namespaces(overrides: Mapping[str, Any], configs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -189,8 +251,7 @@ def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size:
         cfgs[ns] = apply_overrides(cfg, split[ns], prefix=f"{ns}.") if cfg is not None else None
 
     # the strict method never builds branches: its network has no unconstrained part at all
-    if not method_cls.uses_branch and cfgs["model"] is not None \
-            and any(f.name == "branch" for f in fields(cfgs["model"])):
+    if not method_cls.uses_branch and isinstance(cfgs["model"], BranchConfig):
         if split["model"].get("branch", "none") != "none":
             raise ConfigError(f"model.branch={split['model']['branch']!r}: method {method!r} uses no branch")
         cfgs["model"] = dataclasses.replace(cfgs["model"], branch="none")

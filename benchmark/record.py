@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from benchmark.fileio import QUARANTINE, json_safe, quarantine, write_json_atomic
 
-__all__ = ["SCHEMA_VERSION", "STATUSES", "RunRecord", "RunId", "record_path", "checkpoint_path", "lock_path",
+__all__ = ["equivariance_items", "SCHEMA_VERSION", "STATUSES", "RunRecord", "RunId", "record_path", "checkpoint_path", "lock_path",
            "write_record", "read_record", "load_record", "iter_records", "validate_record", "RecordError", "write_json_atomic", "safe_component",
            "is_safe_component"]
 
@@ -52,6 +52,22 @@ def safe_component(name: Any, what: str) -> str:
         raise ValueError(f"{what}={name!r}: expected a single name of letters, digits, '.', '_', '+' "
                          "or '-' (not '.', '..' or a path)")
     return name
+
+
+def equivariance_items(eq: Any) -> dict[str, float]:
+    """A variant's ``equivariance`` entry as flat names: ``abs`` and ``rel`` under the task's group,
+    ``abs.<name>`` and ``rel.<name>`` under each of its further groups (``groups.<name>``).
+
+    >>> equivariance_items({"abs": 1.0, "rel": 0.5, "groups": {"vertical": {"abs": 0.0, "rel": 0.0}}})
+    {'abs': 1.0, 'rel': 0.5, 'abs.vertical': 0.0, 'rel.vertical': 0.0}
+    """
+    if not isinstance(eq, dict):
+        return {}
+    out = {k: v for k, v in eq.items() if k != "groups"}
+    for name, sub in (eq.get("groups") or {}).items():
+        for k, v in (sub or {}).items():
+            out[f"{k}.{name}"] = v
+    return out
 
 
 class RecordError(ValueError):

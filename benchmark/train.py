@@ -248,8 +248,9 @@ def _evaluate(built: Built, state: _State, train_loss: float) -> dict:
         projected = preds.get("projected")
         row["truncation_error"] = truncation_error(model, data, tc.eval_batch_size, relaxed=relaxed,
                                                    projected=projected)
-    for key, value in method.diagnostics().items():
-        row[key] = value
+    diagnostics = method.diagnostics()
+    if diagnostics:     # the method's own quantities, apart from the harness's columns
+        row["diagnostics"] = dict(diagnostics)
     return row
 
 

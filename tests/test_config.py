@@ -44,8 +44,8 @@ def test_bad_values_name_key_value_and_allowed(override, needle):
 
 
 def test_bare_key_resolves_to_its_namespace():
-    cfg = resolve("nbody", "egnn", "unconstrained", overrides=["lr=1e-3", "hidden=8", "learnable=true"])
-    assert cfg.train.lr == 1e-3 and cfg.model_cfg.hidden == 8 and cfg.method_cfg.learnable is True
+    cfg = resolve("nbody", "egnn", "unconstrained", overrides=["lr=1e-3", "hidden=8", "gamma_learnable=true"])
+    assert cfg.train.lr == 1e-3 and cfg.model_cfg.hidden == 8 and cfg.method_cfg.gamma_learnable is True
 
 
 def test_schedule_layers_and_preset():

@@ -84,3 +84,26 @@ def test_irreps_positions_transform_like_cartesian_positions():
     assert (irr.act(g, z) - cart.act(g, z)).abs().max() < 1e-12
     for k in range(6):
         assert (irr.lie(k, z) - cart.lie(k, z)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_axial_group_keeps_its_axis_and_is_a_subgroup_of_e3(axis):
+    from benchmark.groups import AxialEuclideanGroup
+    group = AxialEuclideanGroup(axis=axis)
+    gen = torch.Generator().manual_seed(3)
+    e = torch.zeros(3, dtype=F64)
+    e[axis] = 1.0
+    for g in [group.sample(40, gen, F64), *group.cases(10, gen, F64).values()]:
+        R = g.rotation
+        assert (R @ R.transpose(1, 2) - torch.eye(3, dtype=F64)).abs().max() < 1e-12
+        assert (R @ e - e).abs().max() < 1e-12                       # the axis is fixed, not flipped
+    cases = group.cases(10, gen, F64)
+    assert torch.allclose(torch.linalg.det(cases["rotation"].rotation), torch.ones(10, dtype=F64))
+    assert torch.allclose(torch.linalg.det(cases["reflection"].rotation), -torch.ones(10, dtype=F64))
+    assert torch.equal(cases["translation"].rotation, torch.eye(3, dtype=F64).expand(10, 3, 3))
+    assert group.lie_basis == (axis, 3, 4, 5)
+    t = torch.tensor(0.3, dtype=F64)
+    assert torch.allclose(group.exp(0, t, 1).rotation, GROUP.exp(axis, t, 1).rotation)
+    assert AxialEuclideanGroup(axis=axis, translations=False).lie_basis == (axis,)
+    with pytest.raises(ValueError, match="axis"):
+        AxialEuclideanGroup(axis=3)

@@ -135,7 +135,7 @@ def _step_of(built):
 
 
 def test_remul_prediction_anchor_vanishes_on_an_equivariant_model(tiny_config):
-    cfg = tiny_config("remul", extra=["train.dtype=float64", "method.anchor=prediction", "method.gamma_value=0"])
+    cfg = tiny_config("remul", extra=["train.dtype=float64", "method.anchor=prediction", "method.gamma_init=0"])
     built = build(cfg)
     assert built.method.equivariance_loss(_step_of(built)).item() < 1e-20
     # the same network with its branches switched on is not equivariant, and the loss sees it
@@ -216,7 +216,7 @@ def test_lie_anneal_schedule(schedule, first, middle, last):
     assert schedule_value(schedule, 0, E) == pytest.approx(first)
     assert schedule_value(schedule, E // 2, E) == pytest.approx(middle)
     assert schedule_value(schedule, E - 1, E) == pytest.approx(last)
-    assert schedule_value(schedule, E // 2, E, theta_max=0.5) == pytest.approx(0.5 * middle)
+    assert schedule_value(schedule, E // 2, E, gamma_max=0.5) == pytest.approx(0.5 * middle)
 
 
 def test_lie_anneal_sets_gamma_from_the_schedule_each_epoch():
@@ -381,7 +381,7 @@ def test_short_training_on_every_task_and_backbone(method, extra, backbone, task
 RESUME_CASES = [(m, ()) for m in METHODS.list()] + [
     ("ace-eq", ("method.dual_optimizer=adam",)),
     ("ace-elastic", ("method.slack=closed_form", "method.dual_optimizer=adam")),
-    ("remul", ("method.weighting=gradnorm", "method.anchor=prediction", "method.gamma=learnable")),
+    ("remul", ("method.weighting=gradnorm", "method.anchor=prediction", "method.gamma_learnable=true")),
     ("lie-anneal", ("method.schedule=linear",)),
 ]
 

@@ -161,3 +161,23 @@ def test_record_names_the_commit_the_run_started_from(tiny_config, tmp_path, mon
     monkeypatch.setattr(benchmark.provenance, "code_version", lambda: "changed-meanwhile")  # what a late read sees
     record, _ = train(tiny_config("strict", epochs=1), results=tmp_path, progress=False)
     assert record["provenance"]["git_sha"] == "started-at"
+
+
+def test_extra_groups_are_measured_and_recorded(tiny_config, tmp_path, monkeypatch):
+    """A task's further groups get their own equivariance error in every evaluation row and in
+    the record; the strict model is equivariant under the subgroup as under E(3)."""
+    from benchmark.groups import AxialEuclideanGroup
+    from benchmark.record import equivariance_items
+    from benchmark.tasks.nbody import NBody
+    original = NBody.__init__
+
+    def with_subgroup(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.extra_groups = {"about-z": AxialEuclideanGroup(axis=2)}
+    monkeypatch.setattr(NBody, "__init__", with_subgroup)
+    rec, _ = train(tiny_config("strict", extra=["train.dtype=float64"]), results=tmp_path, progress=False)
+    validate_record(rec)
+    eq = equivariance_items(rec["variants"]["projected"]["equivariance"])
+    assert set(eq) == {"abs", "rel", "abs.about-z", "rel.about-z"}
+    assert eq["rel.about-z"] < 1e-10 and eq["rel"] < 1e-10
+    assert "groups" in rec["curves"][-1]["projected"]["equivariance"]

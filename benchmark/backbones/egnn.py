@@ -26,7 +26,7 @@ from torch import nn
 
 from benchmark.config import param
 from benchmark.groups import CartesianRep
-from benchmark.nn import BRANCH_KINDS, HomotopyModel, RelaxedLayer, make_branch
+from benchmark.nn import BranchConfig, HomotopyModel, RelaxedLayer
 from benchmark.registry import BACKBONES
 from benchmark.tasks._base import GeometricBatch
 
@@ -34,12 +34,12 @@ __all__ = ["EGNNConfig", "EGNN", "EGNNLayer"]
 
 
 @dataclass(frozen=True)
-class EGNNConfig:
+class EGNNConfig(BranchConfig):
+    """EGNN's settings; the branch settings (an mlp of 2 linear maps of width 64, SiLU) are
+    :class:`~benchmark.nn.BranchConfig`'s."""
+
     hidden: int = param(64, help="hidden width", ge=1)
     layers: int = param(4, help="number of EGNN layers", ge=1)
-    branch: str = param("mlp", help="unconstrained branch of each relaxed layer", choices=BRANCH_KINDS)
-    branch_hidden: int = param(64, help="hidden width of the mlp branch", ge=1)
-    branch_layers: int = param(2, help="linear layers of the mlp branch", ge=1)
     coord_clamp: float = param(100.0, help="clamp of each coordinate message", gt=0)
 
 
@@ -84,7 +84,7 @@ class EGNNLayer(nn.Module):
         self.vel_mlp = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, 1))
         rep_in = CartesianRep([("scalar", H), ("position", 1), ("vector", 1)])
         rep_out = CartesianRep([("scalar", H), ("vector", 1)])
-        branch = make_branch(cfg.branch, rep_in.dim, rep_out.dim, cfg.branch_hidden, layers=cfg.branch_layers)
+        branch = cfg.make_branch(rep_in.dim, rep_out.dim)
         self.relax = RelaxedLayer(branch, rep_in, rep_out, name)
 
     def forward(self, h, x, vel, edge_attr, nbr, mask, inv_deg):

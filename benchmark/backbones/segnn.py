@@ -53,7 +53,7 @@ from torch import nn
 
 from benchmark.config import param
 from benchmark.groups import IrrepsRep
-from benchmark.nn import BRANCH_KINDS, HomotopyModel, RelaxedLayer, make_branch
+from benchmark.nn import ACTIVATIONS, BranchConfig, HomotopyModel, RelaxedLayer
 from benchmark.nn._tensor_product import (SH0, SH1, TensorProductL1, cartesian_to_e3nn, e3nn_to_cartesian,
                                           from_flat, gate, gate_activations, gate_irreps, irreps_blocks, split_channels,
                                           to_flat, weight_balanced_irreps)
@@ -64,14 +64,16 @@ __all__ = ["SEGNNConfig", "SEGNN", "SEGNNLayer", "Geometry"]
 
 
 @dataclass(frozen=True)
-class SEGNNConfig:
+class SEGNNConfig(BranchConfig):
+    """SEGNN's settings; the branch settings are :class:`~benchmark.nn.BranchConfig`'s, here an
+    mlp of 3 linear maps of width 64 with GELU by default."""
+
+    branch_layers: int = param(3, help="linear layers of the mlp branch", ge=1)
+    branch_act: str = param("gelu", help="activation between the branch's linear maps", choices=tuple(ACTIVATIONS))
     hidden: int = param(64, help="width of the weight-balanced hidden irreps (64: 32x0e + 32x1o)", ge=1)
     layers: int = param(4, help="number of message-passing layers", ge=1)
     lmax_h: int = param(1, help="largest degree of the hidden irreps (the dense products cover 1)", choices=(1,))
     lmax_attr: int = param(1, help="largest degree of the edge and node attributes", choices=(1,))
-    branch: str = param("mlp", help="unconstrained branch of each relaxed layer", choices=BRANCH_KINDS)
-    branch_hidden: int = param(64, help="hidden width of the mlp branch", ge=1)
-    branch_layers: int = param(3, help="linear layers of the mlp branch", ge=1)
 
 
 class Geometry(NamedTuple):
@@ -179,8 +181,7 @@ class SEGNNLayer(nn.Module):
     @staticmethod
     def _relaxed_layer(cfg: SEGNNConfig, irreps_in: o3.Irreps, irreps_out: o3.Irreps, name: str) -> RelaxedLayer:
         rep_in, rep_out = IrrepsRep(irreps_in), IrrepsRep(irreps_out)
-        branch = make_branch(cfg.branch, rep_in.dim, rep_out.dim, cfg.branch_hidden, layers=cfg.branch_layers,
-                             act=nn.GELU)
+        branch = cfg.make_branch(rep_in.dim, rep_out.dim)
         return RelaxedLayer(branch, rep_in, rep_out, name)
 
     def forward(self, s: torch.Tensor, v: torch.Tensor, geo: Geometry):

@@ -5,6 +5,6 @@ input and output, so methods can act on any layer of any backbone without knowin
 """
 
 from benchmark.groups._base import Group, GroupElements, Rep
-from benchmark.groups._e3 import CartesianRep, E3Elements, EuclideanGroup, IrrepsRep
+from benchmark.groups._e3 import AxialEuclideanGroup, CartesianRep, E3Elements, EuclideanGroup, IrrepsRep
 
-__all__ = ["Group", "GroupElements", "Rep", "EuclideanGroup", "E3Elements", "CartesianRep", "IrrepsRep"]
+__all__ = ["Group", "GroupElements", "Rep", "EuclideanGroup", "AxialEuclideanGroup", "E3Elements", "CartesianRep", "IrrepsRep"]

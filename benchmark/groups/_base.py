@@ -25,6 +25,9 @@ class Group(Protocol):
     name: str
     continuous: bool
     lie_dim: int
+    #: The generators as indices into the algebra :meth:`Rep.lie` speaks (E(3)'s, for the groups
+    #: of Euclidean space): ``range(lie_dim)`` for E(3) itself, a few of them for a subgroup.
+    lie_basis: tuple[int, ...]
 
     def sample(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> GroupElements: ...
 

@@ -10,6 +10,7 @@ algebra (they are a separate component) and are covered by sampling.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -76,6 +77,7 @@ class EuclideanGroup:
         self.name = {(True, True): "E(3)", (False, True): "SE(3)", (True, False): "O(3)",
                      (False, False): "SO(3)"}[(reflections, translations)]
         self.lie_dim = 6 if translations else 3
+        self.lie_basis = tuple(range(self.lie_dim))     # E(3)'s own numbering (see AxialEuclideanGroup)
 
     def __repr__(self) -> str:
         return f"EuclideanGroup({self.name})"
@@ -126,6 +128,96 @@ class EuclideanGroup:
             R = torch.eye(3, dtype=dtype, device=device) + 0 * t
             tr = torch.eye(3, dtype=dtype, device=device)[k - 3] * t
         return E3Elements(R.expand(n, 3, 3), tr.expand(n, 3))
+
+
+class AxialEuclideanGroup:
+    """The subgroup of E(3) that keeps one coordinate axis: rotations about it, reflections through
+    planes containing it, and translations (each switchable, as for :class:`EuclideanGroup`).
+
+    A uniform field along the axis (gravity, an electric field along z) or a vertical direction in
+    the data leaves exactly this group: what partly symmetric data is still symmetric under. Its
+    elements are :class:`E3Elements`, so every task's E(3) action takes them.
+
+    ``lie_basis``: the generators of its Lie algebra as indices into E(3)'s (0-2 rotations about
+    x, y, z; 3-5 translations), the numbering :meth:`Rep.lie` speaks; :meth:`exp` takes ``k`` in
+    ``0 .. lie_dim - 1`` and follows ``lie_basis[k]``.
+
+    >>> g = AxialEuclideanGroup(axis=2).sample(4, torch.Generator().manual_seed(0), torch.float64)
+    >>> bool(torch.allclose(g.rotation[:, 2], torch.tensor([0., 0., 1.], dtype=torch.float64).expand(4, 3)))
+    True
+    """
+
+    continuous = True
+
+    def __init__(self, axis: int = 2, reflections: bool = True, translations: bool = True,
+                 translation_scale: float = 1.0):
+        if axis not in (0, 1, 2):
+            raise ValueError(f"axis={axis!r}: expected 0, 1 or 2 (x, y, z)")
+        self.axis = axis
+        self.reflections = reflections
+        self.translations = translations
+        self.translation_scale = translation_scale
+        self.lie_basis = (axis, 3, 4, 5) if translations else (axis,)
+        self.lie_dim = len(self.lie_basis)
+        self.name = ("E" if translations else "") + {True: "O(2)", False: "SO(2)"}[reflections] \
+            + f" about {'xyz'[axis]}"
+
+    def __repr__(self) -> str:
+        return f"AxialEuclideanGroup({self.name})"
+
+    def _rotation(self, angle: torch.Tensor) -> torch.Tensor:
+        """Rotations by ``angle`` (n,) about the axis, (n, 3, 3)."""
+        n = angle.shape[0]
+        i, j = [a for a in range(3) if a != self.axis]
+        R = torch.zeros(n, 3, 3, dtype=angle.dtype, device=angle.device)
+        c, s = torch.cos(angle), torch.sin(angle)
+        R[:, i, i], R[:, i, j], R[:, j, i], R[:, j, j] = c, -s, s, c
+        R[:, self.axis, self.axis] = 1.0
+        return R
+
+    def _mirror(self, n: int, dtype) -> torch.Tensor:
+        """The reflection through the plane spanned by the axis and the next coordinate axis."""
+        M = torch.eye(3, dtype=dtype).expand(n, 3, 3).clone()
+        other = [a for a in range(3) if a != self.axis][1]
+        M[:, other, other] = -1.0
+        return M
+
+    def sample(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> E3Elements:
+        """``n`` elements: uniform angles, random reflections, Gaussian translations."""
+        angle = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
+        R = self._rotation(angle)
+        if self.reflections:
+            flip = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
+            R = torch.where(flip[:, None, None], R @ self._mirror(n, torch.float64), R)
+        if self.translations:
+            t = self.translation_scale * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+        else:
+            t = torch.zeros(n, 3, dtype=torch.float64)
+        return E3Elements(R.to(dtype), t.to(dtype))
+
+    def cases(self, n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+              ) -> dict[str, E3Elements]:
+        """``rotation`` (about the axis), and where the group has them ``reflection`` (through a
+        plane containing the axis) and ``translation``, ``n`` of each."""
+        angle = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
+        R = self._rotation(angle)
+        zero = torch.zeros(n, 3, dtype=torch.float64)
+        out = {"rotation": E3Elements(R.to(dtype), zero.to(dtype))}
+        if self.reflections:
+            out["reflection"] = E3Elements((R @ self._mirror(n, torch.float64)).to(dtype), zero.to(dtype))
+        if self.translations:
+            t = self.translation_scale * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+            out["translation"] = E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), t.to(dtype))
+        return out
+
+    def identity(self, n: int, dtype: torch.dtype = torch.float32) -> E3Elements:
+        return E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), torch.zeros(n, 3, dtype=dtype))
+
+    def exp(self, k: int, t: torch.Tensor, n: int) -> E3Elements:
+        """``exp(t A)`` for the group's generator ``k`` (E(3)'s generator ``lie_basis[k]``)."""
+        if not 0 <= k < self.lie_dim:
+            raise ValueError(f"{self.name} has Lie-algebra generators 0..{self.lie_dim - 1}, got {k}")
+        return EuclideanGroup(translations=True).exp(self.lie_basis[k], t, n)
 
 
 _KINDS = {"scalar": 1, "pseudoscalar": 1, "vector": 3, "pseudovector": 3, "position": 3}

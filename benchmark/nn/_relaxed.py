@@ -18,25 +18,38 @@ Guarantees
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from benchmark.config import param
 from benchmark.groups import Rep
 
-__all__ = ["RelaxedLayer", "HomotopyModel", "make_branch", "BRANCH_KINDS"]
+__all__ = ["RelaxedLayer", "HomotopyModel", "make_branch", "BRANCH_KINDS", "BranchConfig", "ACTIVATIONS",
+           "branch_field_names"]
 
-BRANCH_KINDS = ("mlp", "linear", "none")
+BRANCH_KINDS = ("mlp", "ace-mlp", "linear", "none")
+
+#: Activations a branch may use, by the name its configuration gives.
+ACTIVATIONS: Mapping[str, Callable[[], nn.Module]] = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
 def make_branch(kind: str, dim_in: int, dim_out: int, hidden: int, *, layers: int = 2,
                 act: Callable[[], nn.Module] = nn.SiLU) -> nn.Module | None:
     """The unconstrained branch ``f_neq``.
 
-    ``mlp``: ``layers`` linear maps with ``act`` between (the common branch every method is
-    compared on); ``linear``: one bias-free linear map initialised N(0, 1e-4^2), the layer of
-    Pertigkiozoglou et al. (2024); ``none``: no branch (strict equivariance).
+    ``mlp``: ``layers`` linear maps of width ``hidden`` with ``act`` between (the common branch
+    every method is compared on); ``ace-mlp``: the branch of the ACE authors' SEGNN, whose widths
+    follow the layer's output width ``D = dim_out``: ``Linear(dim_in, 2D) -> act -> Linear(2D, D)
+    -> act -> Linear(D, D)`` (``hidden`` and ``layers`` are not used); ``linear``: one bias-free
+    linear map initialised N(0, 1e-4^2), the layer of Pertigkiozoglou et al. (2024); ``none``: no
+    branch (strict equivariance).
+
+    >>> sum(p.numel() for p in make_branch("ace-mlp", 256, 128, 0, act=nn.GELU).parameters())
+    115200
     """
     if kind == "none":
         return None
@@ -48,13 +61,47 @@ def make_branch(kind: str, dim_in: int, dim_out: int, hidden: int, *, layers: in
         if layers < 1:
             raise ValueError(f"an mlp branch needs at least 1 layer, got {layers}")
         dims = [dim_in] + [hidden] * (layers - 1) + [dim_out]
-        mods: list[nn.Module] = []
-        for i in range(layers):
-            mods.append(nn.Linear(dims[i], dims[i + 1]))
-            if i < layers - 1:
-                mods.append(act())
-        return nn.Sequential(*mods)
-    raise ValueError(f"unknown branch kind {kind!r}; allowed: {', '.join(BRANCH_KINDS)}")
+    elif kind == "ace-mlp":
+        dims = [dim_in, 2 * dim_out, dim_out, dim_out]
+    else:
+        raise ValueError(f"unknown branch kind {kind!r}; allowed: {', '.join(BRANCH_KINDS)}")
+    mods: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            mods.append(act())
+    return nn.Sequential(*mods)
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """The unconstrained branch of a backbone's relaxed layers: the one branch configuration every
+    backbone's config inherits (``class EGNNConfig(BranchConfig)``).
+
+    A backbone redeclares a field only to change its default, or, where its branch is not an MLP
+    (a convolution, say), ``branch`` with its own kinds, ``"none"`` among them: the harness builds
+    the strict method's network with ``branch="none"``. Reports and the harness recognise these
+    settings as the branch's (:func:`branch_field_names`), whatever the backbone.
+    """
+
+    branch: str = param("mlp", help="unconstrained branch of each relaxed layer", choices=BRANCH_KINDS)
+    branch_hidden: int = param(64, help="hidden width of the mlp branch", ge=1)
+    branch_layers: int = param(2, help="linear layers of the mlp branch", ge=1)
+    branch_act: str = param("silu", help="activation between the branch's linear maps", choices=tuple(ACTIVATIONS))
+
+    def make_branch(self, dim_in: int, dim_out: int) -> nn.Module | None:
+        """The branch ``f_neq`` of one relaxed layer (``None`` for ``branch="none"``)."""
+        return make_branch(self.branch, dim_in, dim_out, self.branch_hidden, layers=self.branch_layers,
+                           act=ACTIVATIONS[self.branch_act])
+
+
+def branch_field_names() -> frozenset[str]:
+    """The names of :class:`BranchConfig`'s settings.
+
+    >>> sorted(branch_field_names())
+    ['branch', 'branch_act', 'branch_hidden', 'branch_layers']
+    """
+    return frozenset(f.name for f in dataclasses.fields(BranchConfig))
 
 
 class RelaxedLayer(nn.Module):

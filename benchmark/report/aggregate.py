@@ -26,7 +26,8 @@ import pandas as pd
 
 from benchmark.config import config_hash
 from benchmark.fileio import quarantine, warn
-from benchmark.record import RunId, is_safe_component, iter_records, read_or_quarantine, record_path
+from benchmark.nn import branch_field_names
+from benchmark.record import RunId, equivariance_items, is_safe_component, iter_records, read_or_quarantine, record_path
 from benchmark.report.stats import describe
 
 __all__ = ["Collection", "SuiteInfo", "collect_suite", "collect_results", "runs_frame", "summarize",
@@ -102,7 +103,8 @@ def _setting_hash(rec: dict) -> str:
     resolved = _canonical(rec)
     for key in ("seed", "method", "method_cfg", "train_size"):
         resolved.pop(key, None)
-    model = {k: v for k, v in (resolved.get("model_cfg") or {}).items() if not k.startswith("branch")}
+    branch = branch_field_names()
+    model = {k: v for k, v in (resolved.get("model_cfg") or {}).items() if k not in branch}
     resolved["model_cfg"] = model
     return config_hash(resolved)[:8]
 
@@ -289,11 +291,14 @@ def runs_frame(col: Collection) -> pd.DataFrame:
                 "wall_seconds": _num(timing.get("wall_seconds")), "steps": _num(timing.get("steps")),
                 "config_hash": (rec.get("config") or {}).get("hash"),
                 "record": str(path) if path is not None else None,
+                # under each further group of the task (e.g. rotations about the vertical axis)
+                **{f"equivariance_{k}": _num(v) for k, v in equivariance_items(eq).items() if "." in k},
             })
     columns = ["suite", "task", "backbone", "method", "train_size", "variant", "seed", "status", "headline",
                "metric", "higher_is_better", "metric_scale", "test_metric", "val_metric", "best_epoch",
                "equivariance_rel", "equivariance_abs", "params", "median_step_seconds", "wall_seconds",
                "steps", "config_hash", "record"]
+    columns += sorted({k for row in rows for k in row} - set(columns))
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -356,13 +361,14 @@ def curves_frame(col: Collection) -> pd.DataFrame:
                 "train_size": int(rec["train_size"]), "seed": int(rec["seed"]), "status": rec["status"]}
         for row in rec.get("curves") or []:
             epoch = row.get("epoch")
-            for key, value in row.items():
+            # a method's diagnostics sit under their own key (older records: flat beside the rest)
+            items = [(k, v) for k, v in row.items() if k != "diagnostics"] + list((row.get("diagnostics") or {}).items())
+            for key, value in items:
                 if key == "epoch":
                     continue
                 if isinstance(value, dict) and "val_metric" in value:
-                    eq = value.get("equivariance") or {}
-                    for q, v in (("val_metric", value.get("val_metric")), ("equivariance_rel", eq.get("rel")),
-                                 ("equivariance_abs", eq.get("abs"))):
+                    eq = equivariance_items(value.get("equivariance"))
+                    for q, v in [("val_metric", value.get("val_metric"))] + [(f"equivariance_{k}", v) for k, v in eq.items()]:
                         rows.append({**base, "epoch": epoch, "quantity": q, "variant": key,
                                      "headline": key == headline, "layer": None, "value": _num(v)})
                 elif isinstance(value, list):

@@ -117,6 +117,10 @@ class Task:
         #: The splits held in memory (``train``/``valid``/``test`` -> a batch object with
         #: ``to(device=...)``); a task fills it, or overrides :meth:`split` and :meth:`to`.
         self.splits: dict[str, Any] = {}
+        #: Further groups the task's action takes whose equivariance error is measured too, by
+        #: name: a subgroup under which partly symmetric data is exactly symmetric (rotations
+        #: about the vertical axis, say). Empty by default.
+        self.extra_groups: dict[str, Group] = {}
 
     @property
     def name(self) -> str:

@@ -24,6 +24,8 @@ import sys
 from typing import Any
 from urllib.parse import urlparse
 
+from benchmark.record import equivariance_items
+
 __all__ = ["WandbRunLogger", "wandb_mode", "flatten_row", "log_record_to_wandb", "init_timeout"]
 
 DEFAULT_INIT_TIMEOUT = 15.0
@@ -61,12 +63,13 @@ def flatten_row(record: dict, row: dict) -> dict[str, float]:
     """One curve row as flat W&B keys: ``<variant>/val_metric``, ``<variant>/equivariance_rel``,
     ``gamma/<layer>``, ``lambda/<layer>``, ``gamma_bar``, ``truncation_error``, ``train_loss``..."""
     out: dict[str, float] = {}
-    for key, value in row.items():
+    items = [(k, v) for k, v in row.items() if k != "diagnostics"] + list((row.get("diagnostics") or {}).items())
+    for key, value in items:
         if key == "epoch":
             continue
         if isinstance(value, dict) and "val_metric" in value:
             out[f"{key}/val_metric"] = value["val_metric"]
-            for kind, v in (value.get("equivariance") or {}).items():
+            for kind, v in equivariance_items(value.get("equivariance")).items():
                 out[f"{key}/equivariance_{kind}"] = v
         elif isinstance(value, list):
             for name, v in zip(_layer_names(record, len(value)), value):

@@ -317,8 +317,35 @@ def test_canonical_resolved_maps_renamed_fields_back():
     assert canonical_resolved(old) == old                       # an old record's dict is already canonical
     assert cfg.hash == config_hash(old)
     other = dict(new, task="another-task")
-    assert canonical_resolved(other) == other                   # renames are per task
-    assert ("nbody", "task_cfg", "data_seed", "seed") in HASH_RENAMES
+    assert canonical_resolved(other)["task_cfg"] == other["task_cfg"]   # renames are per task
+    assert any(r.section == "task_cfg" and (r.new, r.old) == ("data_seed", "seed") for r in HASH_RENAMES)
+
+
+@pytest.mark.parametrize("method, new, old", [
+    ("unconstrained", ["method.gamma_init=0.5", "method.gamma_learnable=true"], {"gamma": 0.5, "learnable": True}),
+    ("remul", ["method.gamma_init=0.25", "method.gamma_learnable=true"], {"gamma_value": 0.25, "gamma": "learnable"}),
+    ("remul", [], {"gamma_value": 1.0, "gamma": "fixed"}),
+    ("rpp", ["method.gamma_init=0.5"], {"gamma": 0.5}),
+    ("lie-anneal", ["method.gamma_max=0.5"], {"theta_max": 0.5}),
+])
+def test_one_gamma_spelling_hashes_as_the_old_names(method, new, old):
+    """gamma_init / gamma_learnable / gamma_max are hashed under each method's former names (and
+    remul's former string values), so every run keeps its id."""
+    cfg = resolve("nbody", "egnn", method, train_size=16, overrides=TINY + new)
+    canon = canonical_resolved(cfg.resolved())["method_cfg"]
+    assert {k: canon[k] for k in old} == old
+    assert not {"gamma_init", "gamma_learnable", "gamma_max"} & set(canon)
+
+
+def test_added_settings_at_their_default_leave_the_hash_alone():
+    base = resolve("nbody", "segnn", "ace-eq", train_size=16, overrides=TINY)
+    canon = canonical_resolved(base.resolved())
+    assert "branch_act" not in canon["model_cfg"] and "dual_eps" not in canon["method_cfg"]
+    assert base.resolved()["model_cfg"]["branch_act"] == "gelu"          # recorded all the same
+    other = resolve("nbody", "segnn", "ace-eq", train_size=16, overrides=TINY + ["model.branch_act=silu"])
+    assert other.hash != base.hash and canonical_resolved(other.resolved())["model_cfg"]["branch_act"] == "silu"
+    egnn = resolve("nbody", "egnn", "ace-eq", train_size=16, overrides=TINY + ["model.branch_act=gelu"])
+    assert canonical_resolved(egnn.resolved())["model_cfg"]["branch_act"] == "gelu"   # egnn's default is silu
 
 
 # -- the installed package ---------------------------------------------------------------------------

@@ -32,6 +32,8 @@ class DualVariables:
         Project on ``lambda >= 0`` after each step (inequality constraints).
     dtype : torch.dtype
         Floating-point type of the multipliers (the model's).
+    eps : float
+        The ``eps`` of the dual Adam (added to its denominator); unused by ``sgd``.
 
     Examples
     --------
@@ -46,13 +48,16 @@ class DualVariables:
     """
 
     def __init__(self, n: int, lr: float, optimizer: str = "sgd", nonnegative: bool = False,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 eps: float = 1e-8):
         if optimizer not in DUAL_OPTIMIZERS:
             raise ValueError(f"dual optimizer {optimizer!r}; allowed: {', '.join(DUAL_OPTIMIZERS)}")
+        if not eps > 0:
+            raise ValueError(f"dual Adam eps={eps!r}: must be > 0")
         self.lr = lr
         self.nonnegative = nonnegative
         self._value = torch.zeros(n, dtype=dtype, device=device, requires_grad=optimizer == "adam")
-        self._opt = torch.optim.Adam([self._value], lr=lr) if optimizer == "adam" else None
+        self._opt = torch.optim.Adam([self._value], lr=lr, eps=eps) if optimizer == "adam" else None
 
     @property
     def value(self) -> torch.Tensor:

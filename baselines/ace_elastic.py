@@ -17,7 +17,7 @@ Algorithm 2, line by line, and where each line lives here:
   is a primal variable: it joins the run's primal optimiser as its own parameter group (no weight
   decay), so with SGD this line holds exactly and by default it is the run's Adam, as every other
   primal variable. ``slack=closed_form`` instead sets ``u = lambda / rho`` (the minimiser of ``L``
-  in ``u``), as the authors' MoCap code does.
+  in ``u``).
 * line 6: ``lambda_i <- max(0, lambda_i + eta_d (|gamma_i(t)| - u_i(t)))``, with ``gamma(t)`` and
   ``u(t)`` the values *before* the primal step (:meth:`AceElastic.after_step`).
 
@@ -25,6 +25,12 @@ At a solution ``u_i = lambda_i / rho``: the layers with large ``lambda_i`` are t
 the data break, so the per-layer ``lambda`` and ``u`` are recorded at every evaluation. The
 headline evaluation is ``relaxed`` (the learned gammas kept); ``projected`` is reported too. The
 dual learning rate 2e-4 is that of the authors' MoCap runs (primal Adam at 5e-4).
+
+This is Algorithm 2 of the paper. The authors' released elastic ("resilient") MoCap
+configuration is not: it runs with its constraint tolerance at 0, so what it enforces is
+``gamma_i <= 0`` with ``lambda_i >= 0``, and its ``rho/2 ||u||^2`` term receives no gradient
+(the slack never moves). Numbers from that configuration are those of an inequality-constrained
+run toward ``gamma = 0``, not of an elastic constraint; no setting here reproduces it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class AceElasticConfig:
                        "closed_form u = lambda/rho (the authors' code)", choices=("gradient", "closed_form"))
     dual_optimizer: str = param("sgd", help="dual step: plain projected gradient ascent or adam",
                                 choices=DUAL_OPTIMIZERS)
+    dual_eps: float = param(1e-8, help="eps of the dual Adam (dual_optimizer=adam only)", gt=0)
     gamma_init: float = param(1.0, help="initial value of every gamma")
 
 
@@ -64,7 +71,7 @@ class AceElastic(Method):
         n, gammas = model.num_gammas, model.gammas()
         dtype, device = gammas.dtype, gammas.device
         self.dual = DualVariables(n, self.cfg.dual_lr, optimizer=self.cfg.dual_optimizer,
-                                  nonnegative=True, dtype=dtype, device=device)
+                                  nonnegative=True, dtype=dtype, device=device, eps=self.cfg.dual_eps)
         # the slack (line 5): a primal parameter, unless it is taken in closed form
         self.u = nn.Parameter(torch.zeros(n, dtype=dtype, device=device), requires_grad=self.cfg.slack == "gradient")
         self._u_before = self.slack()

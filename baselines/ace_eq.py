@@ -45,6 +45,7 @@ class AceEqConfig:
     dual_lr: float = param(8e-4, help="dual learning rate eta_d", gt=0)
     dual_optimizer: str = param("sgd", help="dual step: plain gradient ascent (the paper) or adam "
                                 "(the authors' code)", choices=DUAL_OPTIMIZERS)
+    dual_eps: float = param(1e-8, help="eps of the dual Adam (dual_optimizer=adam only)", gt=0)
     gamma_init: float = param(1.0, help="initial value of every gamma")
 
 
@@ -58,7 +59,8 @@ class AceEquality(Method):
         model.make_gammas_learnable(init=self.cfg.gamma_init)              # line 1: gamma(0)
         gammas = model.gammas()
         self.dual = DualVariables(model.num_gammas, self.cfg.dual_lr,      # line 1: lambda(0) = 0
-                                  optimizer=self.cfg.dual_optimizer, dtype=gammas.dtype, device=gammas.device)
+                                  optimizer=self.cfg.dual_optimizer, dtype=gammas.dtype, device=gammas.device,
+                                  eps=self.cfg.dual_eps)
 
     def loss(self, step: StepContext) -> torch.Tensor:                    # lines 3-4 descend L
         return step.task_loss + (self.dual.value.to(step.gammas) * step.gammas).sum()

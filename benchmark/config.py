@@ -297,6 +297,9 @@ class TrainConfig:
 
     epochs: int = param(1000, help="training epochs", ge=1)
     batch_size: int = param(100, help="training minibatch size", ge=1)
+    drop_last: bool = param(False, help="drop the last incomplete training batch of each epoch")
+    augment: str = param("none", help="transform each training sample by a random element: none, or a "
+                         "Haar-random rotation (the task's rotation case)", choices=("none", "rotation"))
     lr: float = param(5e-4, help="Adam learning rate of the primal variables", gt=0)
     weight_decay: float = param(1e-12, help="Adam (L2) weight decay", ge=0)
     optimizer: str = param("adam", help="primal optimiser", choices=("adam", "adamw", "sgd"))

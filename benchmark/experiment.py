@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from benchmark.config import (ConfigError, TrainConfig, apply_overrides, config_hash, parse_overrides,
                               to_dict, unknown_key_message, validate)
-from benchmark.nn import BranchConfig
+from benchmark.nn import BranchConfig, branch_field_names
 from benchmark.registry import BACKBONES, METHODS, TASKS, UnknownNameError
 
 __all__ = ["RunConfig", "resolve", "NAMESPACES", "MAX_SEED", "canonical_resolved", "HASH_RENAMES", "HASH_ADDITIONS",
@@ -85,6 +85,8 @@ HASH_ADDITIONS: tuple[HashAddition, ...] = (
     HashAddition("method_cfg", "dual_eps", 1e-8, where=_method("ace-eq")),
     HashAddition("method_cfg", "dual_eps", 1e-8, where=_method("ace-elastic")),
     HashAddition("method_cfg", "penalty_reduction", "mean", where=_method("lie-anneal")),
+    HashAddition("train", "drop_last", False),
+    HashAddition("train", "augment", "none"),
 )
 
 #: Seeds are ``0 <= seed < MAX_SEED``: they fit a signed 64-bit integer, which every generator
@@ -200,6 +202,36 @@ def _split_namespaces(overrides: Mapping[str, Any], configs: Mapping[str, Any]) 
     return out
 
 
+def preset_names(task: str, backbone: str) -> list[str]:
+    """The presets a run of ``backbone`` on ``task`` may name."""
+    return sorted(set(TASKS.get(task).obj.presets) | set(BACKBONES.get(backbone).obj.presets))
+
+
+def _preset_settings(preset, task, backbone, method, task_cls, model_cls, method_cls, configs):
+    """The settings of ``preset`` for this run, by namespace.
+
+    A preset is the protocol of a paper: the task's entry under that name (schedule, data, and
+    settings of the methods that have them, such as the ACE dual's) merged with the backbone's
+    (its architecture under that protocol), the backbone's winning where both set a key. Method
+    settings apply to the methods whose configuration has them (the dual of ``ace-eq`` is no
+    setting of ``strict``); branch settings are left out for a method without branches.
+    """
+    if preset not in task_cls.presets and preset not in model_cls.presets:
+        allowed = ", ".join(preset_names(task, backbone)) or "(none)"
+        raise ConfigError(f"preset={preset!r}: presets of {task}/{backbone} are {allowed}")
+    settings = {**task_cls.presets.get(preset, {}), **model_cls.presets.get(preset, {})}
+    method_fields = {f.name for f in fields(configs["method"])} if configs["method"] is not None else set()
+    kept = {}
+    for key, value in settings.items():
+        head, _, leaf = key.partition(".")
+        if head == "method" and leaf not in method_fields:
+            continue
+        if head == "model" and leaf in branch_field_names() and not method_cls.uses_branch:
+            continue
+        kept[key] = value
+    return _split_namespaces(kept, configs)
+
+
 def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size: int | None = None,
             overrides: Mapping[str, Any] | Sequence[str] = (), preset: str | None = None,
             epochs: int | None = None) -> RunConfig:
@@ -230,11 +262,7 @@ def resolve(task: str, backbone: str, method: str, *, seed: int = 0, train_size:
     train_layers: list[Mapping[str, Any]] = [dict(task_cls.train_defaults),
                                              dict(model_cls.train_defaults.get(task, {}))]
     if preset is not None:
-        presets = {**task_cls.presets, **model_cls.presets}
-        if preset not in presets:
-            allowed = ", ".join(sorted(presets)) or "(none)"
-            raise ConfigError(f"preset={preset!r}: presets of {task}/{backbone} are {allowed}")
-        preset_split = _split_namespaces(presets[preset], configs)
+        preset_split = _preset_settings(preset, task, backbone, method, task_cls, model_cls, method_cls, configs)
         for ns in ("task", "model", "method"):
             split[ns] = {**preset_split[ns], **split[ns]}
         train_layers.append(preset_split["train"])

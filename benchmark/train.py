@@ -96,6 +96,22 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed((1_000_003 * seed + epoch) % 2**64)
 
 
+def _augmentation(task, tc, seed: int, epoch: int) -> Callable[[Any], Any] | None:
+    """The training-batch transform of ``train.augment`` for one epoch (``None``: no transform).
+
+    ``rotation``: every sample of a batch moved by its own Haar-random rotation (the ``rotation``
+    case of the task's group; the task's ``act_input`` moves inputs and targets), drawn from a
+    generator of the run's seed and the epoch, so a resumed run sees the same rotations.
+    """
+    if tc.augment == "none":
+        return None
+    gen = torch.Generator().manual_seed((1_000_003 * seed + epoch + 7_777_777) % 2**64)
+
+    def rotate(batch):
+        return task.act_input(task.group.cases(len(batch), gen, task.dtype)["rotation"], batch)
+    return rotate
+
+
 def make_optimizer(groups: list[dict], train_cfg) -> torch.optim.Optimizer:
     groups = [g for g in groups if g["params"]]
     # fused: one kernel for all parameters (deterministic; falls back where unsupported)
@@ -419,9 +435,12 @@ def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation
             epoch = state.epoch
             method.before_epoch(EpochContext(model, task, epoch, tc.epochs, tc))
             losses = []
+            augment = _augmentation(task, tc, cfg.seed, epoch)
             for batch in task.batches("train", tc.batch_size, shuffle=True,
-                                      generator=_epoch_generator(cfg.seed, epoch)):
+                                      generator=_epoch_generator(cfg.seed, epoch), drop_last=tc.drop_last):
                 t0 = time.perf_counter()
+                if augment is not None:
+                    batch = augment(batch)
                 gammas = model.gammas()
                 ctx = StepContext(model=model, task=task, batch=batch, pred=None, task_loss=None,  # type: ignore[arg-type]
                                   gammas=gammas, gammas_before=gammas.detach().clone(), epoch=epoch,

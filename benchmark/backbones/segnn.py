@@ -74,6 +74,11 @@ class SEGNNConfig(BranchConfig):
     layers: int = param(4, help="number of message-passing layers", ge=1)
     lmax_h: int = param(1, help="largest degree of the hidden irreps (the dense products cover 1)", choices=(1,))
     lmax_attr: int = param(1, help="largest degree of the edge and node attributes", choices=(1,))
+    branch_at: str = param("gate-input", help="where the first update branch is added: into the gate's input "
+                           "(gate-input) or to the gate's output (gate-output, the ACE authors' code)",
+                           choices=("gate-input", "gate-output"))
+    centre_input: bool = param(True, help="subtract each system's centroid from the input positions (E(3)); "
+                               "false feeds absolute positions, as the ACE authors' code (O(3) about the origin)")
 
 
 class Geometry(NamedTuple):
@@ -111,10 +116,11 @@ def centroid(pos: torch.Tensor) -> torch.Tensor:
     return pos.mean(dim=1, keepdim=True)
 
 
-def input_features(pos: torch.Tensor, vel: torch.Tensor, node_attr: torch.Tensor | None):
-    """``(s, v)`` of the input irreps ``2x1o + (1+F)x0e``: vectors ``[x_i - centroid, v_i]``,
-    scalars ``[|v_i|, node scalars]``."""
-    v = torch.stack([cartesian_to_e3nn(pos - centroid(pos)), cartesian_to_e3nn(vel)], dim=-1)   # (B, N, 3, 2)
+def input_features(pos: torch.Tensor, vel: torch.Tensor, node_attr: torch.Tensor | None, centre: bool = True):
+    """``(s, v)`` of the input irreps ``2x1o + (1+F)x0e``: vectors ``[x_i - centroid, v_i]`` (``[x_i,
+    v_i]`` with ``centre=False``), scalars ``[|v_i|, node scalars]``."""
+    x = pos - centroid(pos) if centre else pos
+    v = torch.stack([cartesian_to_e3nn(x), cartesian_to_e3nn(vel)], dim=-1)   # (B, N, 3, 2)
     s = vel.norm(dim=-1, keepdim=True)
     if node_attr is not None:
         s = torch.cat([s, node_attr], dim=-1)
@@ -175,7 +181,13 @@ class SEGNNLayer(nn.Module):
         # flat layouts of the relaxed layers' input and output, as plain integers
         self.blocks_update0 = (irreps_blocks(update_in), irreps_blocks(gated))
         self.blocks_update1 = (irreps_blocks(hidden), irreps_blocks(hidden))
-        self.relax0 = self._relaxed_layer(cfg, update_in, gated, f"{name}.update0")
+        self.branch_after_gate = cfg.branch_at == "gate-output"
+        # the first branch reads the update's input; it returns the gate's input (gate-input) or,
+        # as in the ACE authors' code, a hidden feature added to the gate's output (gate-output)
+        self.relax0 = self._relaxed_layer(cfg, update_in, hidden if self.branch_after_gate else gated,
+                                          f"{name}.update0")
+        if self.branch_after_gate:
+            self.blocks_update0 = (irreps_blocks(update_in), irreps_blocks(hidden))
         self.relax1 = self._relaxed_layer(cfg, hidden, hidden, f"{name}.update1")
 
     @staticmethod
@@ -187,8 +199,12 @@ class SEGNNLayer(nn.Module):
     def forward(self, s: torch.Tensor, v: torch.Tensor, geo: Geometry):
         agg_s, agg_v = aggregate_messages(s, v, geo, self.message0, self.message1, (self.h0, self.h1))
         x_s, x_v = torch.cat([s, agg_s], dim=-1), torch.cat([v, agg_v], dim=-1)
-        u_s, u_v = _relax(self.relax0, *self.update0(x_s, x_v, geo.node_sh), self.blocks_update0, x_s, x_v)
-        u_s, u_v = gate(u_s, u_v, self.h0)
+        if self.branch_after_gate:
+            u_s, u_v = gate(*self.update0(x_s, x_v, geo.node_sh), self.h0)
+            u_s, u_v = _relax(self.relax0, u_s, u_v, self.blocks_update0, x_s, x_v)
+        else:
+            u_s, u_v = _relax(self.relax0, *self.update0(x_s, x_v, geo.node_sh), self.blocks_update0, x_s, x_v)
+            u_s, u_v = gate(u_s, u_v, self.h0)
         d_s, d_v = _relax(self.relax1, *self.update1(u_s, u_v, geo.node_sh), self.blocks_update1, u_s, u_v)
         return s + d_s, v + d_v
 
@@ -208,6 +224,18 @@ class SEGNN(HomotopyModel):
     """Relaxed SEGNN for tasks whose batches are :class:`GeometricBatch` with position targets."""
 
     tasks = ("nbody",)
+    #: The architecture under each paper's protocol (the task's preset of the same name holds the
+    #: schedule): ``ace``, the ACE authors' SEGNN (hidden 32x0e + 32x1o, 4 layers, the first branch
+    #: added after the gate, their MLP branches ``ace-mlp`` with GELU, about 790k branch
+    #: parameters, and absolute input positions); ``cr``, Pertigkiozoglou et al.'s (a bias-free
+    #: linear branch, N(0, 1e-4^2), after the gate; centred inputs: relaxbench's default).
+    presets = {
+        "ace": {"model.hidden": 64, "model.layers": 4, "model.lmax_h": 1, "model.lmax_attr": 1,
+                "model.branch": "ace-mlp", "model.branch_act": "gelu", "model.branch_at": "gate-output",
+                "model.centre_input": False},
+        "cr": {"model.hidden": 64, "model.layers": 4, "model.lmax_h": 1, "model.lmax_attr": 1,
+               "model.branch": "linear", "model.branch_at": "gate-output"},
+    }
 
     def __init__(self, cfg: SEGNNConfig, task):
         super().__init__()
@@ -232,7 +260,7 @@ class SEGNN(HomotopyModel):
     def input_features(self, batch: GeometricBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, v)`` of the input irreps ``2x1o + (1+F)x0e``: vectors ``[x_i - centroid, v_i]``,
         scalars ``[|v_i|, node scalars]``."""
-        return input_features(batch.pos, batch.vel, batch.node_attr)
+        return input_features(batch.pos, batch.vel, batch.node_attr, self.cfg.centre_input)
 
     def input_flat(self, batch: GeometricBatch) -> torch.Tensor:
         """The input features in e3nn's flat layout of :attr:`input_irreps`."""
@@ -241,7 +269,7 @@ class SEGNN(HomotopyModel):
     def forward(self, batch: GeometricBatch) -> torch.Tensor:
         pos = batch.pos
         geo = geometry(pos, batch.vel, batch.edge_attr, batch.edge_mask)
-        s, v = self.embedding(*input_features(pos, batch.vel, batch.node_attr), geo.node_sh)
+        s, v = self.embedding(*input_features(pos, batch.vel, batch.node_attr, self.cfg.centre_input), geo.node_sh)
         for layer in self.layers:
             s, v = layer(s, v, geo)
         s, v = gate(*self.readout0(s, v, geo.node_sh), self.readout1.cs_in)      # h0 scalars, h1 gates

@@ -29,6 +29,7 @@ from benchmark.fileio import quarantine, warn
 from benchmark.nn import branch_field_names
 from benchmark.record import RunId, equivariance_items, is_safe_component, iter_records, read_or_quarantine, record_path
 from benchmark.report.stats import describe
+from benchmark.suite.published import load_published
 
 __all__ = ["Collection", "SuiteInfo", "collect_suite", "collect_results", "runs_frame", "summarize",
            "curves_frame", "diagnostics_frame", "GROUP_KEYS",
@@ -48,6 +49,7 @@ class SuiteInfo:
     reference: str = "strict"
     headline: dict[str, str] = field(default_factory=dict)
     expected: dict[tuple, int] = field(default_factory=dict)   # (task, backbone, method, n) -> planned seeds
+    published: Any = None                 # the suite's published numbers (benchmark.suite.published), if any
 
 
 @dataclass
@@ -83,7 +85,7 @@ def collect_suite(spec, results: Path) -> Collection:
         if rec["config"]["hash"] == run.cfg.hash:
             items.append((spec.name, rec, path))
     info = SuiteInfo(spec.name, spec.protocol, _reproduce(spec.source, results), spec.reference,
-                     {m: spec.headline_of(m) for m in spec.methods}, expected)
+                     {m: spec.headline_of(m) for m in spec.methods}, expected, load_published(spec.name))
     return Collection(items, {spec.name: info})
 
 
@@ -217,7 +219,8 @@ def collect_results(results: Path) -> Collection:
             key = (rid.task, rid.backbone, rid.method, rid.train_size)
             expected[key] = expected.get(key, 0) + 1
         suites[name] = SuiteInfo(name, man.get("protocol", name), _reproduce(man.get("source", name), results),
-                                 man.get("reference", "strict"), dict(man.get("headline") or {}), expected)
+                                 man.get("reference", "strict"), dict(man.get("headline") or {}), expected,
+                                 load_published(name))
     items = []
     adhoc = []
     root = results / "runs"
@@ -290,6 +293,7 @@ def runs_frame(col: Collection) -> pd.DataFrame:
                 "params": params, "median_step_seconds": _num(timing.get("median_step_seconds")),
                 "wall_seconds": _num(timing.get("wall_seconds")), "steps": _num(timing.get("steps")),
                 "config_hash": (rec.get("config") or {}).get("hash"),
+                "preset": ((rec.get("config") or {}).get("resolved") or {}).get("preset"),
                 "record": str(path) if path is not None else None,
                 # under each further group of the task (e.g. rotations about the vertical axis)
                 **{f"equivariance_{k}": _num(v) for k, v in equivariance_items(eq).items() if "." in k},
@@ -297,7 +301,7 @@ def runs_frame(col: Collection) -> pd.DataFrame:
     columns = ["suite", "task", "backbone", "method", "train_size", "variant", "seed", "status", "headline",
                "metric", "higher_is_better", "metric_scale", "test_metric", "val_metric", "best_epoch",
                "equivariance_rel", "equivariance_abs", "params", "median_step_seconds", "wall_seconds",
-               "steps", "config_hash", "record"]
+               "steps", "config_hash", "preset", "record"]
     columns += sorted({k for row in rows for k in row} - set(columns))
     return pd.DataFrame(rows, columns=columns)
 

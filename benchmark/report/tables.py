@@ -102,17 +102,34 @@ def build_tables(summary: pd.DataFrame, runs: pd.DataFrame, suites: dict, *, tes
         shown = shown.assign(_o=shown.method.map(order.index)).sort_values(["_o", "variant"])
         if leaderboard:
             shown = shown.sort_values(["mean"], ascending=not higher, na_position="last")
-        tables.append(_render(key, shown, verdicts, info, ref, higher, test, alpha, leaderboard))
+        mine = runs[runs[keys].apply(tuple, axis=1) == key] if len(runs) else runs
+        presets = sorted({str(p) for p in mine.get("preset", pd.Series(dtype=object)).dropna()})
+        tables.append(_render(key, shown, verdicts, info, ref, higher, test, alpha, leaderboard, presets))
     return tables
 
 
+def _published_cells(row, published, scale: float) -> tuple[list[str], dict]:
+    """The ``paper`` and ``in 95% CI`` cells of a table row, and what the table's CSV keeps of them."""
+    pub = published.lookup(row.task, row.backbone, row.method.split(" [")[0], row.train_size, row.variant) \
+        if published is not None else None
+    if pub is None:
+        return ["—", "—"], {}
+    text = fmt_pm(pub.mean / scale, (pub.sd if pub.sd is not None else math.nan) / scale) + f" [{pub.source}]"
+    lo, hi = getattr(row, "ci95_low", math.nan), getattr(row, "ci95_high", math.nan)
+    inside = None if not (math.isfinite(lo) and math.isfinite(hi)) else bool(lo <= pub.mean <= hi)
+    return [text, "—" if inside is None else ("yes" if inside else "no")], \
+        {"paper_mean": pub.mean, "paper_sd": pub.sd, "paper_source": pub.source, "paper_in_ci95": inside}
+
+
 def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bool, test: str, alpha: float,
-            leaderboard: bool) -> Table:
+            leaderboard: bool, presets: list[str] = ()) -> Table:
     first = shown.iloc[0]
     scale = float(first.metric_scale or 1.0)
     metric = f"{first.metric or 'metric'}{_scale_label(scale)} {'↑' if higher else '↓'}"
-    headers = (["rank"] if leaderboard else []) + ["method", "variant", metric, "equivariance error (rel) ↓",
-                                                   "params", "runs"]
+    published = getattr(info, "published", None)
+    paper = ["paper", "paper in 95% CI"] if published is not None else []
+    headers = (["rank"] if leaderboard else []) + ["method", "variant", metric] + paper + \
+        ["equivariance error (rel) ↓", "params", "runs"]
     if leaderboard:
         headers.append(f"vs {ref} (p, Holm)")
     numeric = [h not in ("method", "variant") for h in headers]
@@ -124,14 +141,15 @@ def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bo
     for row in shown.itertuples():
         verdict = verdicts.get(row.method, {}) if row.headline else {}
         mark = MARKS.get(verdict.get("verdict"), "")
-        cells = [row.method, row.variant, fmt_pm(row.mean / scale, row.std / scale),
+        paper_cells, paper_record = _published_cells(row, published, scale) if paper else ([], {})
+        cells = [row.method, row.variant, fmt_pm(row.mean / scale, row.std / scale)] + paper_cells + [
                  fmt_pm(row.equivariance_rel_mean, row.equivariance_rel_std),
                  f"{int(row.params):,}" if row.params is not None and row.params == row.params else "—",
                  _runs_text(row)]
-        flags = [False, False, best_metric is not None and row.mean == best_metric,
+        flags = [False, False, best_metric is not None and row.mean == best_metric] + [False] * len(paper_cells) + [
                  best_eq is not None and row.equivariance_rel_mean == best_eq,
                  best_params is not None and row.params is not None and float(row.params) == best_params, False]
-        row_marks = ["", "", mark, "", "", ""]
+        row_marks = ["", "", mark] + [""] * len(paper_cells) + ["", "", ""]
         if leaderboard:
             rank = rank + 1 if math.isfinite(row.mean) else rank
             cells = [str(rank) if math.isfinite(row.mean) else "—"] + cells
@@ -150,14 +168,15 @@ def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bo
                                                          "n_diverged", "n_failed", "n_planned", "seeds")},
                         "rank": rank if leaderboard and math.isfinite(row.mean) else None,
                         "test": test, "statistic": verdict.get("statistic"), "p": verdict.get("p"),
-                        "p_holm": verdict.get("p_holm"), "verdict": verdict.get("verdict")})
+                        "p_holm": verdict.get("p_holm"), "verdict": verdict.get("verdict"), **paper_record})
     title = f"{key[1]} / {key[2]}, {key[3]} training samples ({info.name})"
     frame = pd.DataFrame(records)
     return Table(title, dict(zip(("suite", "task", "backbone", "train_size"), key)), headers, numeric, rows, bold,
-                 marks, _footer(shown, verdicts, info, ref, test, alpha), frame)
+                 marks, _footer(shown, verdicts, info, ref, test, alpha, presets), frame)
 
 
-def _footer(shown: pd.DataFrame, verdicts: dict, info, ref: str, test: str, alpha: float) -> list[str]:
+def _footer(shown: pd.DataFrame, verdicts: dict, info, ref: str, test: str, alpha: float,
+            presets: list[str] = ()) -> list[str]:
     seeds = sorted({int(s) for text in shown.seeds for s in str(text).split()})
     ns = sorted({int(n) for n in shown.n})
     n_text = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
@@ -173,6 +192,14 @@ def _footer(shown: pd.DataFrame, verdicts: dict, info, ref: str, test: str, alph
              f"No significance marks: the reference method {ref} has no runs here.",
              f"Variant: each method's headline ({heads}).",
              f"Protocol: {info.protocol}."]
+    if presets:
+        lines.append(f"Preset{'s' if len(presets) > 1 else ''}: {', '.join(presets)} (every setting in each "
+                     "record's resolved configuration).")
+    published = getattr(info, "published", None)
+    if published is not None:
+        cited = ", ".join(f"[{k}] {v}" for k, v in published.sources.items())
+        lines.append(f"Paper: the published mean ± sd ({cited}); 'paper in 95% CI': whether the published mean "
+                     "lies in the Student-t 95% interval of the measured mean.")
     if info.reproduce:
         lines.append(f"Reproduce: `{info.reproduce}`")
     return lines

@@ -66,12 +66,15 @@ class RemulConfig:
     gamma_learnable: bool = param(False, help="train the gammas too (without any constraint)")
 
 
-def label_of(task, batch) -> torch.Tensor:
+def label_of(task, batch, pred: torch.Tensor | None = None) -> torch.Tensor:
     """The label tensor of ``batch``: ``task.target(batch)`` when the task defines it, otherwise the
-    batch's ``target`` field."""
+    batch's ``target`` field, or its ``target_seq`` when ``pred`` is a trajectory of that shape."""
     getter = getattr(task, "target", None)
     if callable(getter):
         return getter(batch)
+    seq = getattr(batch, "target_seq", None)
+    if pred is not None and seq is not None and pred.shape == seq.shape:
+        return seq
     if hasattr(batch, "target"):
         return batch.target
     raise TypeError(f"remul anchor=label needs the label of a {type(batch).__name__} batch: give the task "
@@ -146,7 +149,7 @@ class Remul(Method):
         task, batch = step.task, step.batch
         g = task.group_sample(len(batch), self.generator)
         f_gx = step.forward(task.act_input(g, batch))
-        anchor = step.pred if self.cfg.anchor == "prediction" else label_of(task, batch)
+        anchor = step.pred if self.cfg.anchor == "prediction" else label_of(task, batch, step.pred)
         diff = f_gx - task.act_output(g, anchor)
         return diff.pow(2).mean() if self.cfg.equi_loss == "l2" else diff.abs().mean()
 

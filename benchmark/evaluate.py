@@ -161,7 +161,10 @@ def equivariance_cases(model, task, batch, *, n_samples: int = 3, generator: tor
             err = (model(task.act_input(g, batch)) - want).abs().max().item() / max(want.abs().max().item(), 1e-30)
             out[case] = max(out.get(case, 0.0), err)
         if permutation:
-            n_nodes = fx.shape[1] if fx.dim() > 1 else 0
+            # the input's nodes (a trajectory output (B, P, N, 3) holds them on its third axis)
+            pos = getattr(batch, "pos", None)
+            n_nodes = pos.shape[1] if isinstance(pos, torch.Tensor) and pos.dim() == 3 \
+                else (fx.shape[1] if fx.dim() > 1 else 0)
             perm = torch.randperm(n_nodes, generator=generator).to(fx.device) if n_nodes else None
             permuted = task.permute_nodes(perm, batch) if perm is not None else None
             if permuted is not None:

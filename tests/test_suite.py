@@ -390,3 +390,31 @@ def test_estimate_reads_measured_step_times_and_suite_list_names_every_suite(tmp
     assert main(["suite", "list", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in shipped_suites())
+
+
+def test_suite_compare_passes_on_a_rerun_and_names_every_difference(tmp_path, capsys):
+    """The reproduction check: the same suite trained twice agrees run by run; a changed metric, a
+    changed status and a missing run are each reported, and the command exits 1."""
+    from benchmark.record import write_record
+    spec_path = write_spec(tmp_path, tiny_spec(seeds=[0, 1]))
+    spec = load_spec(spec_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for results in (first, second):
+        assert main(["suite", "run", str(spec_path), "--results", str(results), "--workers", "1", "--quiet",
+                     "--no-figures"]) == 0
+    capsys.readouterr()
+    assert main(["suite", "compare", str(spec_path), "--results", str(second), "--reference", str(first)]) == 0
+    assert "all 4 runs" in capsys.readouterr().out
+    paths = sorted((second / "runs").rglob("*.json"))
+    rec = json.loads(paths[0].read_text())
+    variant = next(iter(rec["variants"]))
+    rec["variants"][variant]["test_metric"] *= 1.01
+    write_record(paths[0], rec)
+    paths[1].unlink()
+    assert main(["suite", "compare", str(spec_path), "--results", str(second), "--reference", str(first)]) == 1
+    out = capsys.readouterr().out
+    assert f"{variant}.test_metric" in out and "relative 1.00e-02" in out and "no record here" in out
+    assert "2 difference(s)" in out and "3 of 4 runs compared" in out
+    assert main(["suite", "compare", str(spec_path), "--results", str(second), "--reference", str(first),
+                 "--rtol", "0.02"]) == 1                     # the missing run still fails the check
+    assert spec.name == "tiny"

@@ -223,7 +223,7 @@ def _relax(layer: RelaxedLayer, s, v, blocks, in_s, in_v):
 class SEGNN(HomotopyModel):
     """Relaxed SEGNN for tasks whose batches are :class:`GeometricBatch` with position targets."""
 
-    tasks = ("nbody",)
+    tasks = ("nbody", "nbody-field")
     #: The architecture under each paper's protocol (the task's preset of the same name holds the
     #: schedule): ``ace``, the ACE authors' SEGNN (hidden 32x0e + 32x1o, 4 layers, the first branch
     #: added after the gate, their MLP branches ``ace-mlp`` with GELU, about 790k branch

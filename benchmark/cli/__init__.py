@@ -170,9 +170,36 @@ def summary_line(record: dict) -> str:
     return f"{head}: completed; " + "; ".join(parts) + tail
 
 
+def cmd_data_mocap(args) -> int:
+    """``data mocap``: CMU ASF/AMC files to a motion data file (``benchmark.tasks._asf_amc``)."""
+    from benchmark.tasks._asf_amc import AsfAmcError, convert, write_npz
+    if not args.asf or not args.amc or not args.out:
+        raise UsageError("relaxbench data mocap needs --asf FILE, --amc FILE [FILE ...] and --out FILE")
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out={args.out}: is a folder; give the file to write")
+    try:
+        arrays = convert(args.asf, args.amc)
+    except AsfAmcError as exc:
+        raise UsageError(f"relaxbench data mocap: {exc}") from None
+    try:
+        digest = write_npz(args.out, arrays)
+    except OSError as exc:
+        print(f"relaxbench: error: {args.out} not written: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    frames = [arrays[k].shape[0] for k in sorted(arrays) if k.startswith("trial_")]
+    print(f"{args.out}: {len(frames)} trials ({min(frames)} to {max(frames)} frames), "
+          f"{arrays['joints'].shape[0]} joints, sha256 {digest}")
+    return 0
+
+
 def cmd_data(args) -> int:
+    if args.task == "mocap":
+        return cmd_data_mocap(args)
     if args.task != "nbody":
-        raise UsageError(f"relaxbench data: unknown data set {args.task!r}; allowed: nbody")
+        raise UsageError(f"relaxbench data: unknown data set {args.task!r}; allowed: mocap, nbody")
+    if args.asf or args.amc:
+        raise UsageError("relaxbench data nbody: --asf and --amc belong to `relaxbench data mocap`")
+    args.out = args.out or "nbody_data"
     from benchmark.tasks import nbody_sim
     for flag in ("num_train", "num_valid", "num_test"):
         if getattr(args, flag) < 1:
@@ -231,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("data", help="generate a task's data set to files")
-    p.add_argument("task", help="data set (nbody)")
-    p.add_argument("--out", default="nbody_data")
+    p.add_argument("task", help="data set (nbody, or mocap: CMU ASF/AMC files to one motion data file)")
+    p.add_argument("--out", default=None, help="nbody: the folder (default nbody_data); mocap: the file")
+    p.add_argument("--asf", default=None, help="mocap: the skeleton (ASF) file")
+    p.add_argument("--amc", nargs="+", default=None, help="mocap: the motion (AMC) files, trial 0 first")
     p.add_argument("--num-train", type=int, default=10000)
     p.add_argument("--num-valid", type=int, default=2000)
     p.add_argument("--num-test", type=int, default=2000)

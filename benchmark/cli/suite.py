@@ -1,4 +1,4 @@
-"""``relaxbench suite run SPEC`` and ``relaxbench suite status SPEC``.
+"""``relaxbench suite run SPEC``, ``suite list``, ``suite status SPEC`` and ``suite compare SPEC``.
 
 This module is command-line glue: it plans and runs a suite with the rest of this package, then
 hands the records to :mod:`benchmark.report` for the suite's tables and figures.
@@ -74,6 +74,8 @@ def cmd_suite_run(args) -> int:
             print("shared overrides: " + " ".join(shared))
         for run in plan.todo:
             extra = list(run.args.overrides[len(spec.overrides):])
+            if run.args.preset:
+                extra.insert(0, f"--preset {run.args.preset}")
             print(f"{plan.states[run.run_id]:>8}  {run.run_id}" + (f"  {' '.join(extra)}" if extra else ""))
         return 0
 
@@ -178,6 +180,25 @@ def cmd_suite_status(args) -> int:
     return 0
 
 
+def cmd_suite_compare(args) -> int:
+    """Compare a suite's records in --results with the same runs' records in --reference."""
+    from benchmark.suite.reproduce import compare_runs, format_differences
+    spec = load_spec(args.spec)
+    if not args.rtol >= 0:
+        raise ConfigError(f"--rtol={args.rtol}: must be >= 0")
+    diffs, compared = compare_runs(spec, _results(args.results), _results(args.reference), rtol=args.rtol,
+                                   epoch_slack=args.epoch_slack)
+    planned = len(spec.runs())
+    if diffs:
+        print(format_differences(diffs))
+        print(f"suite {spec.name}: {len(diffs)} difference(s) between {args.results} and {args.reference} "
+              f"({compared} of {planned} runs compared; rtol {args.rtol:g}, best epochs within {args.epoch_slack})")
+        return EXIT_RUN_FAILED
+    print(f"suite {spec.name}: all {compared} runs in {args.results} reproduce {args.reference} (test and "
+          f"validation metric of every variant within rtol {args.rtol:g}, best epochs within {args.epoch_slack})")
+    return 0
+
+
 def add_parser(sub) -> None:
     shipped = ", ".join(shipped_suites())
     p = sub.add_parser("suite", help="run a grid of runs (a suite) or show its status")
@@ -217,6 +238,15 @@ def add_parser(sub) -> None:
     li = ssub.add_parser("list", help="the shipped suites: what, runs, done, estimated cost")
     li.add_argument("--results", default="results", help="results root (records under RESULTS/runs)")
     li.set_defaults(func=cmd_suite_list)
+
+    c = ssub.add_parser("compare", help="reproduction check: each run's metrics against a reference results folder")
+    c.add_argument("spec", metavar="SPEC", help=f"a shipped suite ({shipped}) or a YAML file")
+    c.add_argument("--results", required=True, help="the results root just trained (records under RESULTS/runs)")
+    c.add_argument("--reference", default="results", help="the results root to reproduce")
+    c.add_argument("--rtol", type=float, default=1e-3,
+                   help="relative tolerance of each metric (rounding across CPUs and thread counts)")
+    c.add_argument("--epoch-slack", type=int, default=0, help="allowed difference of best-validation epochs")
+    c.set_defaults(func=cmd_suite_compare)
 
     s = ssub.add_parser("status", help="per cell: completed / diverged / failed / missing runs")
     s.add_argument("spec", metavar="SPEC", help=f"a shipped suite ({shipped}) or a YAML file")

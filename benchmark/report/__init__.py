@@ -61,7 +61,8 @@ def collect_suite(spec, results: Path) -> "Collection":
 
 def _subset(col: "Collection", suite: str) -> "Collection":
     from benchmark.report.aggregate import Collection
-    return Collection([it for it in col.items if it[0] == suite], {suite: col.suites[suite]}, col.labels)
+    return Collection([it for it in col.items if it[0] == suite], {suite: col.suites[suite]}, col.labels,
+                      col.task_labels)
 
 
 def suite_report(col: "Collection", suite: str, *, test: str = "welch", alpha: float = 0.05,
@@ -89,6 +90,21 @@ def suite_report(col: "Collection", suite: str, *, test: str = "welch", alpha: f
         md, lb = md + "\n" + extra, lb + "\n" + extra
     return SuiteReport(suite, md, lb, sub, tables, boards, runs, summary, to_csv_frame(boards),
                        [p for _, _, p in sub.items if p is not None], sample_efficiency=curves)
+
+
+def _setting_sweeps(col: "Collection", out: Path) -> list[Path]:
+    """The metric against each task setting a task declares floors for (``Task.setting_floors``:
+    nbody-field's eps), for the suite's records of that task."""
+    from benchmark.registry import TASKS
+    from benchmark.report.figures import task_setting_sweep
+    records = [rec for _, rec, _ in col.items]
+    files: list[Path] = []
+    for task in sorted({r["task"] for r in records}):
+        if task not in TASKS:
+            continue
+        for setting, floors in TASKS.get(task).obj.setting_floors.items():
+            files += task_setting_sweep([r for r in records if r["task"] == task], out, setting=setting, floors=floors)
+    return files
 
 
 def write_report(col: "Collection", out: Path, *, test: str = "welch", alpha: float = 0.05,
@@ -123,6 +139,7 @@ def write_report(col: "Collection", out: Path, *, test: str = "welch", alpha: fl
         if figures and not runs.empty:
             from benchmark.report.figures import all_figures
             files += all_figures(runs, curves_frame(sub), diagnostics_frame(sub), folder / "figures")
+            files += _setting_sweeps(sub, folder / "figures")
         info = sub.suites[suite]
         write_json_atomic(folder / "report.json", {"suite": suite, "protocol": info.protocol,
                                                    "reproduce": info.reproduce, "test": test, "alpha": alpha,

@@ -59,6 +59,12 @@ class Collection:
     items: list[tuple[str, dict, Path | None]]
     suites: dict[str, SuiteInfo]
     labels: dict[str, str] = field(default_factory=dict)     # record path -> row label of its settings
+    #: record path -> its task with the settings its suite varies (``nbody-field[eps=0.1]``), for
+    #: suites whose grid varies task settings: each value gets tables of its own
+    task_labels: dict[str, str] = field(default_factory=dict)
+
+    def task_of(self, rec: dict, path) -> str:
+        return self.task_labels.get(str(path), rec["task"]) if path is not None else rec["task"]
 
     @property
     def records(self) -> list[dict]:
@@ -73,10 +79,13 @@ def collect_suite(spec, results: Path) -> Collection:
     """The records of ``spec``'s grid that exist in ``results`` (matching configuration hash)."""
     items = []
     expected: dict[tuple, int] = {}
+    task_labels: dict[str, str] = {}
     for run in spec.runs():
-        key = (run.cell.task, run.cell.backbone, run.cell.method, run.cell.train_size)
+        key = (run.cell.task_label, run.cell.backbone, run.cell.method, run.cell.train_size)
         expected[key] = expected.get(key, 0) + 1
         path = record_path(results, run.cfg)
+        if run.cell.task_settings:
+            task_labels[str(path)] = run.cell.task_label
         if not path.is_file():
             continue
         rec = read_or_quarantine(path)
@@ -86,7 +95,7 @@ def collect_suite(spec, results: Path) -> Collection:
             items.append((spec.name, rec, path))
     info = SuiteInfo(spec.name, spec.protocol, _reproduce(spec.source, results), spec.reference,
                      {m: spec.headline_of(m) for m in spec.methods}, expected, load_published(spec.name))
-    return Collection(items, {spec.name: info})
+    return Collection(items, {spec.name: info}, task_labels=task_labels)
 
 
 def _canonical(rec: dict) -> dict:
@@ -210,13 +219,17 @@ def collect_results(results: Path) -> Collection:
         if man is not None:
             manifests[path.stem] = man
     owners: dict[str, list[str]] = {}
+    run_labels: dict[str, str] = {}
     suites: dict[str, SuiteInfo] = {}
     for name, man in manifests.items():
         expected: dict[tuple, int] = {}
         for run_id in man.get("runs", []):
             owners.setdefault(run_id, []).append(name)
             rid = RunId.parse(run_id)
-            key = (rid.task, rid.backbone, rid.method, rid.train_size)
+            label = (man.get("task_labels") or {}).get(run_id)
+            if label:
+                run_labels.setdefault(run_id, label)
+            key = (label or rid.task, rid.backbone, rid.method, rid.train_size)
             expected[key] = expected.get(key, 0) + 1
         suites[name] = SuiteInfo(name, man.get("protocol", name), _reproduce(man.get("source", name), results),
                                  man.get("reference", "strict"), dict(man.get("headline") or {}), expected,
@@ -224,8 +237,10 @@ def collect_results(results: Path) -> Collection:
     items = []
     adhoc = []
     root = results / "runs"
+    paths: dict[Path, str] = {}
     for path, rec in iter_records(results):
         run_id = str(path.relative_to(root).with_suffix(""))
+        paths[path] = run_id
         names = owners.get(run_id)
         if not names:
             name = f"ad-hoc-{_setting_hash(rec)}"
@@ -237,7 +252,8 @@ def collect_results(results: Path) -> Collection:
             items.append((name, rec, path))
             if not owners.get(run_id):
                 adhoc.append((name, rec, path))
-    return Collection(items, suites, _setting_labels(adhoc))
+    task_labels = {str(path): run_labels[run_id] for path, run_id in paths.items() if run_id in run_labels}
+    return Collection(items, suites, _setting_labels(adhoc), task_labels)
 
 
 # -- frames -------------------------------------------------------------------------------------
@@ -281,7 +297,7 @@ def runs_frame(col: Collection) -> pd.DataFrame:
             label = col.labels.get(str(path)) if path is not None else None
             params = var.get("params", rec["params"]) if var else rec["params"]
             rows.append({
-                "suite": suite, "task": rec["task"], "backbone": rec["backbone"],
+                "suite": suite, "task": col.task_of(rec, path), "backbone": rec["backbone"],
                 "method": f"{rec['method']} [{label}]" if label else rec["method"],
                 "train_size": int(rec["train_size"]), "variant": variant, "seed": int(rec["seed"]),
                 "status": rec["status"], "headline": variant == headline,
@@ -357,11 +373,11 @@ def curves_frame(col: Collection) -> pd.DataFrame:
     ``truncation_error`` and ``train_loss``.
     """
     rows = []
-    for suite, rec, _ in col.items:
+    for suite, rec, path in col.items:
         info = col.suites[suite]
         headline = info.headline.get(rec["method"]) or rec.get("headline")
         layers = (rec.get("diagnostics") or {}).get("layers") or []
-        base = {"suite": suite, "task": rec["task"], "backbone": rec["backbone"], "method": rec["method"],
+        base = {"suite": suite, "task": col.task_of(rec, path), "backbone": rec["backbone"], "method": rec["method"],
                 "train_size": int(rec["train_size"]), "seed": int(rec["seed"]), "status": rec["status"]}
         for row in rec.get("curves") or []:
             epoch = row.get("epoch")
@@ -391,7 +407,7 @@ def curves_frame(col: Collection) -> pd.DataFrame:
 def diagnostics_frame(col: Collection) -> pd.DataFrame:
     """Final per-layer diagnostics of completed runs: one row per (run, quantity, layer)."""
     rows = []
-    for suite, rec, _ in col.items:
+    for suite, rec, path in col.items:
         if rec["status"] != "completed":
             continue
         diag = rec.get("diagnostics") or {}
@@ -401,7 +417,7 @@ def diagnostics_frame(col: Collection) -> pd.DataFrame:
                 continue
             for i, v in enumerate(value):
                 if isinstance(v, (int, float)):
-                    rows.append({"suite": suite, "task": rec["task"], "backbone": rec["backbone"],
+                    rows.append({"suite": suite, "task": col.task_of(rec, path), "backbone": rec["backbone"],
                                  "method": rec["method"], "train_size": int(rec["train_size"]),
                                  "seed": int(rec["seed"]), "quantity": key,
                                  "layer": layers[i] if i < len(layers) else f"layer{i}", "value": float(v)})

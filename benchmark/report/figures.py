@@ -11,6 +11,10 @@
 * ``gamma_bar_errors_<task>_<backbone>``: truncation error and equivariance error of the relaxed
   model against gamma_bar = max_i abs(gamma_i), with the smallest C such that error <= C gamma_bar
   holds on every measurement (the measured side of ACE's bounds, Theorems 4.1 and 4.2).
+* ``<setting>_sweep_<task>``: test metric against a task setting a suite's grid varies (the field
+  strength ``eps`` of ``nbody-field``), one line per method (headline variant, mean with a 95%
+  Student-t interval), one panel per backbone, with the data's own floors where given
+  (:func:`task_setting_sweep`; drawn from records, not from the runs frame).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pandas as pd
 from benchmark.report.stats import describe
 
 __all__ = ["all_figures", "sample_efficiency", "training_dynamics", "relaxation_parameters",
-           "layer_relaxation", "gamma_bar_errors"]
+           "layer_relaxation", "gamma_bar_errors", "task_setting_sweep"]
 
 PER_LAYER = ("gamma", "lambda", "u")
 
@@ -301,6 +305,117 @@ def gamma_bar_errors(curves: pd.DataFrame, out: Path) -> list[Path]:
         fig.suptitle(f"{task} / {backbone}: errors against γ̄ (every evaluation of every run)")
         paths += _save(fig, out, f"gamma_bar_errors_{task}_{backbone}")
     return paths
+
+
+def task_setting_sweep(records, out: Path, *, setting: str = "eps",
+                       floors: dict[str, dict[float, float]] | None = None) -> list[Path]:
+    """Test metric against the task setting ``setting`` (read from each record's resolved
+    ``task_cfg``), one figure per task whose completed records take at least two values of it.
+
+    One panel per backbone (shared y axis), one line per method: the headline variant's mean test
+    metric over seeds with its 95% Student-t interval; a value with one seed has no interval and is
+    drawn as an open marker. ``floors`` (label -> {setting value: floor}) adds grey dashed lines,
+    such as the data's own symmetry defect: the error no exactly equivariant model can go below.
+    The values of the setting are placed evenly and labelled (the grid, not a scale); the metric
+    axis is logarithmic when it spans a decade, and a floor below the axis is marked by a triangle
+    on the axis with its value."""
+    plt, _ = _plt()
+    rows = []
+    for rec in records:
+        if rec.get("status") != "completed":
+            continue
+        task_cfg = ((rec.get("config") or {}).get("resolved") or {}).get("task_cfg") or {}
+        variant = (rec.get("variants") or {}).get(rec.get("headline"))
+        if setting not in task_cfg or not variant:
+            continue
+        metric = rec.get("metric") or {}
+        rows.append({"task": rec["task"], "backbone": rec["backbone"], "method": rec["method"],
+                     "value": task_cfg[setting], "test_metric": _num_or_nan(variant.get("test_metric")),
+                     "metric": metric.get("name") or "metric", "higher": bool(metric.get("higher_is_better"))})
+    data = pd.DataFrame(rows, columns=["task", "backbone", "method", "value", "test_metric", "metric", "higher"])
+    paths = []
+    for task, grp in data.groupby("task", sort=True):
+        values = sorted(grp.value.unique())
+        if len(values) < 2:
+            continue
+        pos = {v: i for i, v in enumerate(values)}
+        backbones = sorted(grp.backbone.unique())
+        methods = sorted(grp.method.unique())
+        colors = _palette(methods)
+        fig, axes = plt.subplots(1, len(backbones), figsize=(4.2 * len(backbones) + 1.8, 3.9), squeeze=False,
+                                 sharey=True, constrained_layout=True)
+        shown = [x for x in grp.test_metric if np.isfinite(x)]
+        floor_items = [(label, {v: f for v, f in (floor or {}).items() if v in pos})
+                       for label, floor in (floors or {}).items()]
+        log = _spans_decade(shown + [f for _, fl in floor_items for f in fl.values() if f > 0 and
+                                     shown and f >= min(shown) / 100])
+        bottom = min(shown) / 3 if log and shown else None
+        single = False
+        for ax, backbone in zip(axes[0], backbones):
+            part = grp[grp.backbone == backbone]
+            for method in methods:
+                stats = [(v, describe(g.test_metric)) for v, g in part[part.method == method].groupby("value")]
+                if not stats:
+                    continue
+                x = np.array([pos[v] for v, _ in stats], dtype=float)
+                mean = np.array([d["mean"] for _, d in stats])
+                low = np.array([d["ci_low"] for _, d in stats])
+                high = np.array([d["ci_high"] for _, d in stats])
+                ones = np.array([d["n"] == 1 for _, d in stats])
+                style = _style(methods, method)
+                ax.plot(x, mean, label=method, color=colors[method], linestyle=style["linestyle"], linewidth=1.3)
+                ax.plot(x[~ones], mean[~ones], linestyle="none", marker=style["marker"], color=colors[method],
+                        markersize=5)
+                if ones.any():
+                    single = True
+                    ax.plot(x[ones], mean[ones], linestyle="none", marker=style["marker"], markersize=6,
+                            markerfacecolor="white", markeredgecolor=colors[method])
+                band = np.isfinite(low) & np.isfinite(high)
+                if log:
+                    low = np.where(low > 0, low, np.nan)
+                ax.fill_between(x, np.where(band, low, np.nan), np.where(band, high, np.nan), alpha=0.15,
+                                color=colors[method], linewidth=0)
+            for k, (label, floor) in enumerate(floor_items):
+                xs = np.array([pos[v] for v in sorted(floor)], dtype=float)
+                ys = np.array([floor[v] for v in sorted(floor)], dtype=float)
+                dash, grey = ((0, (6, 2)), (0, (2, 1.5)), (0, (6, 2, 1, 2)))[k % 3], ("0.2", "0.45", "0.6")[k % 3]
+                ax.plot(xs, np.where(ys > 0, ys, np.nan) if log else ys, color=grey, linestyle=dash,
+                        linewidth=1.8, label=label, zorder=1)
+                below = ys <= bottom if bottom is not None else np.zeros(len(ys), bool)
+                for xv, yv in zip(xs[below], ys[below]):           # below the axis: marked on it
+                    ax.plot([xv], [bottom], marker="v", color=grey, markersize=6, clip_on=False, zorder=3)
+                    ax.annotate(f"{yv:.0e}", (xv, bottom), textcoords="offset points", xytext=(5, 3 + 8 * k),
+                                fontsize=6, color=grey)
+            ax.set_xticks(range(len(values)))
+            ax.set_xticklabels([f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in values])
+            ax.set_xlabel(setting)
+            ax.set_title(f"{task} / {backbone}", fontsize=9)
+            if log:
+                ax.set_yscale("log")
+                ax.set_ylim(bottom=bottom)
+        metric = grp.metric.iloc[0]
+        axes[0][0].set_ylabel(f"test {metric} ({'higher' if grp.higher.iloc[0] else 'lower'} is better)")
+        handles, labels = [], []
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        if single:
+            import matplotlib.lines as mlines
+            handles.append(mlines.Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
+                                         markeredgecolor="0.3"))
+            labels.append("one seed (no interval)")
+        fig.legend(handles, labels, loc="outside right center", fontsize=7)
+        fig.suptitle(f"{task}: test {metric} against {setting} (headline variant, mean and 95% CI over seeds)")
+        paths += _save(fig, out, f"{setting}_sweep_{task}")
+    return paths
+
+
+def _num_or_nan(x) -> float:
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x)
+    return {"inf": np.inf, "-inf": -np.inf}.get(x, np.nan) if isinstance(x, str) else np.nan
 
 
 def all_figures(runs: pd.DataFrame, curves: pd.DataFrame, diagnostics: pd.DataFrame, out: Path) -> list[Path]:

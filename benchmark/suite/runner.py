@@ -121,7 +121,10 @@ def prepare_data(runs: list[PlannedRun], *, progress: bool = True) -> int:
 def write_manifest(spec: Spec, plan: Plan, results: Path, command: list[str]) -> Path:
     """``<results>/suites/<name>.json``: the suite's protocol, headlines and the run ids of the whole
     grid (also when ``plan`` covers only a part of it)."""
-    data = {**spec.summary(), "runs": [run.run_id for run in spec.runs()], "command": command}
+    runs = spec.runs()
+    data = {**spec.summary(), "runs": [run.run_id for run in runs], "command": command,
+            # the task with the settings a grid varies (nbody-field[eps=0.1]): one table per value
+            "task_labels": {run.run_id: run.cell.task_label for run in runs if run.cell.task_settings}}
     return write_json_atomic(Path(results) / "suites" / f"{spec.name}.json", data)
 
 
@@ -211,7 +214,7 @@ def cell_status(spec: Spec, results: Path) -> dict[Cell, Counter]:
 
 def format_status(status: dict[Cell, Counter]) -> str:
     headers = ("task", "backbone", "method", "train size") + STATES
-    rows = [(c.task, c.backbone, c.method, str(c.train_size)) + tuple(str(n[s]) for s in STATES)
+    rows = [(c.task_label, c.backbone, c.method, str(c.train_size)) + tuple(str(n[s]) for s in STATES)
             for c, n in status.items()]
     total = Counter()
     for n in status.values():

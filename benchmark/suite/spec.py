@@ -12,12 +12,16 @@ the last one silently winning) and checked before anything runs. Its keys::
       methods: "*"                   # names or shell-style patterns; "*" is every registered method
       train_sizes: [500]
       seeds: [0, 1, 2]
+      task_settings: {eps: [0.0, 0.1]}   # optional: a grid over task settings (task.eps=...), each
+                                     # combination its own cell
     overrides: [train.eval_every=5]  # key=value for every run, as on the command line
     epochs: 30                       # optional shorthand for train.epochs (not both)
     preset: null                     # optional named preset of the task/backbone
     cells:                           # optional per-cell overrides, applied after the shared ones
       - where: {method: "ace-*"}     # keys: task, backbone, method, train_size, seed (value or list)
         overrides: [method.dual_lr=1e-3]
+      - where: {method: lie-anneal}  # a cell may follow another paper's protocol: its preset
+        preset: cr                   # replaces the suite's for the cells it matches (the last match wins)
     headline: declared               # or {method: variant}: the variant each method is ranked by
     reference: strict                # the method the significance tests compare against
     wandb: {project: relaxbench}     # optional
@@ -47,6 +51,7 @@ __all__ = ["Spec", "SpecError", "PlannedRun", "Cell", "RunArgs", "load_spec", "s
 TOP_KEYS = ("name", "protocol", "description", "grid", "overrides", "epochs", "preset", "cells",
             "headline", "reference", "wandb", "executor")
 GRID_KEYS = ("tasks", "backbones", "methods", "train_sizes", "seeds")
+OPTIONAL_GRID_KEYS = ("task_settings",)
 WHERE_KEYS = ("task", "backbone", "method", "train_size", "seed")
 EXECUTOR_KEYS = ("partition", "time", "cpus", "gpus", "mem", "array_parallelism", "account", "qos",
                  "constraint")
@@ -58,15 +63,27 @@ class SpecError(ConfigError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One row of a suite's tables: everything but the seed."""
+    """One row of a suite's tables: everything but the seed. ``task_settings``: the values of the
+    task settings a grid varies (``(("eps", 0.1),)``), empty where it varies none."""
 
     task: str
     backbone: str
     method: str
     train_size: int
+    task_settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def task_label(self) -> str:
+        """The task with the settings of the cell: ``nbody-field[eps=0.1]``."""
+        if not self.task_settings:
+            return self.task
+        return f"{self.task}[{','.join(f'{k}={v}' for k, v in self.task_settings)}]"
+
+    def setting_overrides(self) -> list[str]:
+        return [f"task.{k}={v}" for k, v in self.task_settings]
 
     def label(self) -> str:
-        return f"{self.task}/{self.backbone}/{self.method}/n{self.train_size}"
+        return f"{self.task_label}/{self.backbone}/{self.method}/n{self.train_size}"
 
 
 @dataclass(frozen=True)
@@ -129,17 +146,23 @@ class Spec:
     raw: dict = field(default_factory=dict)
     # a spec's grid may be a list of grids: their union, each with its own seeds
     grids: list[dict] = field(default_factory=list)
+    # the grid over task settings (setting -> values) of a single grid
+    task_settings: dict[str, list] = field(default_factory=dict)
 
     # -- grid -----------------------------------------------------------------------------------
     def _grids(self) -> list[dict]:
         return self.grids or [{"tasks": self.tasks, "backbones": self.backbones, "methods": self.methods,
-                               "train_sizes": self.train_sizes, "seeds": self.seeds}]
+                               "train_sizes": self.train_sizes, "seeds": self.seeds,
+                               "task_settings": self.task_settings}]
 
     def _cells_with_seeds(self) -> list[tuple[Cell, list[int]]]:
         out: dict[Cell, list[int]] = {}
         for g in self._grids():
-            for t, b, m, n in itertools.product(g["tasks"], g["backbones"], g["methods"], g["train_sizes"]):
-                seeds = out.setdefault(Cell(t, b, m, n), [])
+            settings = g.get("task_settings") or {}
+            combos = [tuple(zip(settings, values)) for values in itertools.product(*settings.values())]
+            for t, b, m, n, ts in itertools.product(g["tasks"], g["backbones"], g["methods"], g["train_sizes"],
+                                                    combos):
+                seeds = out.setdefault(Cell(t, b, m, n, ts), [])
                 seeds.extend(s for s in g["seeds"] if s not in seeds)
         return list(out.items())
 
@@ -147,7 +170,7 @@ class Spec:
         return [cell for cell, _ in self._cells_with_seeds()]
 
     def overrides_for(self, cell: Cell, seed: int) -> list[str]:
-        out = list(self.overrides)
+        out = list(self.overrides) + cell.setting_overrides()
         values = {"task": cell.task, "backbone": cell.backbone, "method": cell.method,
                   "train_size": cell.train_size, "seed": seed}
         for rule in self.cells:
@@ -155,19 +178,30 @@ class Spec:
                 out.extend(rule["overrides"])
         return out
 
+    def preset_for(self, cell: Cell, seed: int) -> str | None:
+        """The preset of a cell: the suite's, or that of the last ``cells`` rule matching it that names one."""
+        values = {"task": cell.task, "backbone": cell.backbone, "method": cell.method,
+                  "train_size": cell.train_size, "seed": seed}
+        preset = self.preset
+        for rule in self.cells:
+            if rule.get("preset") is not None and all(_matches(values[k], v) for k, v in rule["where"].items()):
+                preset = rule["preset"]
+        return preset
+
     def runs(self) -> list[PlannedRun]:
         """Every run of the grid, resolved and validated (cells in grid order, seeds innermost)."""
         planned = []
         for cell, seeds in self._cells_with_seeds():
             for seed in seeds:
                 overrides = self.overrides_for(cell, seed)
+                preset = self.preset_for(cell, seed)
                 try:
                     cfg = resolve(cell.task, cell.backbone, cell.method, seed=seed, train_size=cell.train_size,
-                                  overrides=overrides, preset=self.preset, epochs=self.epochs)
+                                  overrides=overrides, preset=preset, epochs=self.epochs)
                 except ConfigError as exc:
                     raise SpecError(f"{self.path}: cell {cell.label()} seed={seed}: {exc}") from None
                 args = RunArgs(cell.task, cell.backbone, cell.method, seed, cell.train_size, tuple(overrides),
-                               self.preset, self.epochs, cfg.hash)
+                               preset, self.epochs, cfg.hash)
                 planned.append(PlannedRun(cell, seed, cfg, args))
         return planned
 
@@ -182,6 +216,7 @@ class Spec:
         return {"name": self.name, "protocol": self.protocol, "source": self.source,
                 "description": self.description, "tasks": self.tasks, "backbones": self.backbones,
                 "methods": self.methods, "train_sizes": self.train_sizes, "seeds": self.seeds,
+                "task_settings": {k: v for g in self._grids() for k, v in (g.get("task_settings") or {}).items()},
                 "overrides": self.overrides, "epochs": self.epochs, "preset": self.preset, "cells": self.cells,
                 "headline": {m: self.headline_of(m) for m in self.methods}, "reference": self.reference}
 
@@ -309,6 +344,30 @@ def _ints(value: Any, path: Path, key: str, minimum: int) -> list[int]:
     return list(items)
 
 
+def _task_settings(value: Any, path: Path, key: str) -> dict[str, list]:
+    """``{setting: [values]}``: a task setting (``eps`` or ``task.eps``) and the values the grid
+    takes it through, scalars without repeats."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise _err(path, key, f"expected a mapping of task settings to lists of values "
+                              f"(e.g. {{eps: [0.0, 0.1]}}), got {value!r}")
+    out: dict[str, list] = {}
+    for name, values in value.items():
+        setting = name[5:] if isinstance(name, str) and name.startswith("task.") else name
+        if not isinstance(setting, str) or not setting.isidentifier():
+            raise _err(path, f"{key}.{name}", "expected the name of a task setting")
+        if setting in out:
+            raise _err(path, f"{key}.{name}", f"task setting {setting!r} given twice")
+        items = values if isinstance(values, list) else [values]
+        if not items or not all(isinstance(v, (bool, int, float, str)) for v in items):
+            raise _err(path, f"{key}.{name}", f"expected a non-empty list of values, got {values!r}")
+        if len({repr(v) for v in items}) != len(items):
+            raise _err(path, f"{key}.{name}", f"repeated values in {items}")
+        out[setting] = list(items)
+    return out
+
+
 def _overrides(value: Any, path: Path, key: str) -> list[str]:
     if value is None:
         return []
@@ -344,7 +403,7 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
         where = "grid" if len(grid_list) == 1 and not isinstance(grid_raw, list) else f"grid[{i}]"
         if not isinstance(grid, dict):
             raise _err(path, where, f"required: a mapping (or a list of mappings) with keys {', '.join(GRID_KEYS)}")
-        _check_keys(grid, GRID_KEYS, path, where + ".")
+        _check_keys(grid, GRID_KEYS + OPTIONAL_GRID_KEYS, path, where + ".")
         for key in GRID_KEYS:
             if key not in grid:
                 raise _err(path, f"{where}.{key}", "required")
@@ -352,7 +411,8 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
                       "backbones": _names(grid["backbones"], BACKBONES, path, f"{where}.backbones"),
                       "methods": _names(grid["methods"], METHODS, path, f"{where}.methods"),
                       "train_sizes": _ints(grid["train_sizes"], path, f"{where}.train_sizes", 1),
-                      "seeds": _ints(grid["seeds"], path, f"{where}.seeds", 0)})
+                      "seeds": _ints(grid["seeds"], path, f"{where}.seeds", 0),
+                      "task_settings": _task_settings(grid.get("task_settings"), path, f"{where}.task_settings")})
 
     def union(key):
         out = []
@@ -362,6 +422,13 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
     tasks, backbones, methods = union("tasks"), union("backbones"), union("methods")
     train_sizes, seeds = union("train_sizes"), union("seeds")
     overrides = _overrides(data.get("overrides"), path, "overrides")
+    for i, g in enumerate(grids):   # one setting, one place: a grid's task setting is not overridden too
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if key in {f"task.{k}" for k in g["task_settings"]}:
+                where = "grid" if len(grids) == 1 else f"grid[{i}]"
+                raise _err(path, "overrides", f"{item.strip()} conflicts with {where}.task_settings; give the "
+                                              f"setting once")
 
     epochs = data.get("epochs")
     if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
@@ -374,13 +441,16 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
     for i, rule in enumerate(data.get("cells") or []):
         key = f"cells[{i}]"
         if not isinstance(rule, dict):
-            raise _err(path, key, "expected a mapping with keys where, overrides")
-        _check_keys(rule, ("where", "overrides"), path, key + ".")
+            raise _err(path, key, "expected a mapping with keys where, overrides, preset")
+        _check_keys(rule, ("where", "overrides", "preset"), path, key + ".")
+        if rule.get("preset") is not None and not isinstance(rule["preset"], str):
+            raise _err(path, key + ".preset", f"expected a preset name, got {rule['preset']!r}")
         where = rule.get("where")
         if not isinstance(where, dict) or not where:
             raise _err(path, key + ".where", f"expected a mapping with keys among {', '.join(WHERE_KEYS)}")
         _check_keys(where, WHERE_KEYS, path, key + ".where.")
-        cells.append({"where": dict(where), "overrides": _overrides(rule.get("overrides"), path, key + ".overrides")})
+        cells.append({"where": dict(where), "overrides": _overrides(rule.get("overrides"), path, key + ".overrides"),
+                      "preset": rule.get("preset")})
     if epochs is not None:  # one setting, one place: `epochs:` or a train.epochs override, not both
         sources = [("overrides", overrides)] + [(f"cells[{i}].overrides", c["overrides"]) for i, c in enumerate(cells)]
         for where, items in sources:
@@ -421,4 +491,5 @@ def parse_spec(data: Any, *, path: Path | str = "<spec>", source: str | None = N
                 tasks=tasks, backbones=backbones, methods=methods, train_sizes=train_sizes, seeds=seeds,
                 overrides=overrides, epochs=epochs, preset=preset, cells=cells, headline=headline,
                 reference=reference, description=description.strip(), wandb=wandb, executor=executor,
-                raw=data, grids=grids if len(grids) > 1 else [])
+                raw=data, grids=grids if len(grids) > 1 else [],
+                task_settings=grids[0]["task_settings"] if len(grids) == 1 else {})

@@ -35,6 +35,9 @@ class GeometricBatch:
         1 where an edge exists; ``None`` means fully connected without self loops.
     node_attr : (B, N, F) or None
         Invariant node attributes, if the task has any.
+    target_seq : (B, P, N, 3) or None
+        The ``P`` target frames ending at the target (``target == target_seq[:, -1]``), for tasks
+        whose backbones may predict a trajectory; ``None`` for a single target frame.
     """
 
     pos: torch.Tensor
@@ -43,6 +46,7 @@ class GeometricBatch:
     target: torch.Tensor
     edge_mask: torch.Tensor | None = None
     node_attr: torch.Tensor | None = None
+    target_seq: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.pos.shape[0]
@@ -71,7 +75,8 @@ class GeometricBatch:
             return None if t is None else t[:, perm][:, :, perm]
         return GeometricBatch(pos=node(self.pos), vel=node(self.vel), edge_attr=edge(self.edge_attr),
                               target=node(self.target), edge_mask=edge(self.edge_mask),
-                              node_attr=node(self.node_attr))
+                              node_attr=node(self.node_attr),
+                              target_seq=None if self.target_seq is None else self.target_seq[:, :, perm])
 
 
 class Task:
@@ -98,6 +103,9 @@ class Task:
     default_train_size: ClassVar[int] = 1000
     max_train_size: ClassVar[int] = 10**9
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: Per task setting a grid may vary (``eps``), named reference curves over its values, drawn
+    #: beside the metric (the data's own symmetry defect: what no strict model can beat).
+    setting_floors: ClassVar[Mapping[str, Mapping[str, Mapping[float, float]]]] = {}
     group: Group
 
     @classmethod

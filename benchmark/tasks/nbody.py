@@ -24,6 +24,7 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -71,6 +72,9 @@ class NBodyConfig:
     data_seed: int = param(43, help="seed of the data generator's random stream (the run's seed is --seed)",
                            ge=0, lt=2**32)
 
+    #: The folder under :func:`data_root` that holds this data set's caches.
+    data_name: ClassVar[str] = "nbody"
+
     def check(self) -> None:
         from benchmark.config import ConfigError
         if self.frame_out <= self.frame_in:
@@ -80,11 +84,18 @@ class NBodyConfig:
     def is_standard(self) -> bool:
         return all(getattr(self, k) == v for k, v in STANDARD.items())
 
+    def cache_tag(self) -> str:
+        """The name of this configuration's cache folder: one per generated data set."""
+        # the tag keeps the word `seed` (the field's old name) so that existing caches stay valid
+        return f"clip-{self.clip}_train{self.num_train}_valid{self.num_valid}_test{self.num_test}_seed{self.data_seed}"
+
+    def simulator_settings(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`nbody_sim.generate` besides the split sizes and the seed."""
+        return {"clip": self.clip}
+
 
 def _cache_dir(cfg: NBodyConfig) -> Path:
-    # the tag keeps the word `seed` (the field's old name) so that existing caches stay valid
-    tag = f"clip-{cfg.clip}_train{cfg.num_train}_valid{cfg.num_valid}_test{cfg.num_test}_seed{cfg.data_seed}"
-    return data_root() / "nbody" / "cache" / tag
+    return data_root() / cfg.data_name / "cache" / cfg.cache_tag()
 
 
 def _reference_for(cfg: NBodyConfig) -> dict | None:
@@ -240,7 +251,7 @@ def _load_or_generate(cfg: NBodyConfig, *, progress: bool) -> tuple[Path, dict]:
         writable = _quarantine(cache, why)
         break
     data = nbody_sim.generate(num_train=cfg.num_train, num_valid=cfg.num_valid, num_test=cfg.num_test,
-                              seed=cfg.data_seed, clip=cfg.clip, progress=progress)
+                              seed=cfg.data_seed, progress=progress, **cfg.simulator_settings())
     prints = nbody_sim.fingerprints(data)
     if reference is not None:
         bad = _mismatches(prints, reference, _shapes(cfg))

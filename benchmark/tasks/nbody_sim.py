@@ -40,7 +40,9 @@ element, so that the output is the same bit for bit:
   followed by the legacy global functions.
 
 Only numpy is used.  :func:`verify` checks generated arrays against the
-committed fingerprints.
+committed fingerprints.  ``field=eps`` (a variant, not in the original) adds
+the force of a uniform external field along z, ``eps * q_i * e_z``; with
+``field=0`` nothing is added and the output is unchanged.
 """
 from __future__ import annotations
 
@@ -213,8 +215,11 @@ class _Stepper:
     element, is the original's (see the module docstring).
     """
 
-    def __init__(self, edges: np.ndarray, clip: str, max_f: float):
+    def __init__(self, edges: np.ndarray, clip: str, max_f: float,
+                 field_q: Optional[np.ndarray] = None):
         b = edges.shape[0]
+        # eps * q_i per particle, (5, B), added to the z component after the clip (None: no field)
+        self.field_q = None if field_q is None else np.ascontiguousarray(field_q)
         npair = _PI.size
         # Original: forces_size = interaction_strength * edges / |r|^3.
         self.edges_p = np.ascontiguousarray(
@@ -239,7 +244,8 @@ class _Stepper:
             self.tmp = np.empty((N_BALLS, b))
 
     def __call__(self, loc: np.ndarray) -> np.ndarray:
-        """Clipped force on every particle, (3, 5, B), for ``loc`` (3, 5, B)."""
+        """Clipped force on every particle, (3, 5, B), for ``loc`` (3, 5, B), plus the external
+        field's force ``eps q_i e_z`` when there is one (not clipped)."""
         npair = _PI.size
         # |x_i|^2: (A ** 2).sum(axis=1) in the original, a sequential sum.
         np.multiply(loc, loc, out=self.sq)
@@ -286,6 +292,8 @@ class _Stepper:
                 np.divide(self.max_f, fn, out=fn)
             np.minimum(fn, 1.0, out=fn)
             f *= fn
+        if self.field_q is not None:
+            f[2] += self.field_q
         return f
 
 
@@ -299,6 +307,8 @@ def simulate(
     dt: float = DT,
     clip: str = "component",
     max_force: Optional[float] = None,
+    field: float = 0.0,
+    charges: Optional[np.ndarray] = None,
     chunk_size: int = 1024,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -331,6 +341,18 @@ def simulate(
         Clipping threshold, ``0.1 / dt`` (= 100) by default.  ``np.inf``
         disables clipping (useful to detect whether a trajectory ever hits
         the clip: its output then differs from the clipped one).
+    field : float
+        Strength ``eps`` of a uniform external field along ``+z``: particle
+        ``i`` feels the extra force ``eps * q_i * e_z``, added after the clip
+        (the clip bounds close encounters; the field's force is at most
+        ``|eps|``).  With ``clip="norm"`` the dynamics are then equivariant
+        under the subgroup of E(3) that fixes the z axis (rotations about it,
+        reflections through planes containing it, translations), and no
+        longer under tilting rotations.  ``0`` (the default) adds nothing:
+        the output is bit for bit that without a field.
+    charges : ndarray, shape (B, 5, 1) or (B, 5), optional
+        The charges ``q_i``; required when ``field != 0`` (``edges`` holds
+        only their products).
     chunk_size : int
         Trajectories integrated together (memory/cache trade-off; the
         result does not depend on it).
@@ -362,6 +384,17 @@ def simulate(
     if vel0.shape != loc0.shape or edges.shape != (loc0.shape[0], N_BALLS, N_BALLS):
         raise ValueError("vel0 must match loc0, edges must be (B, 5, 5)")
     nb = loc0.shape[0]
+    field = float(field)
+    if not np.isfinite(field):
+        raise ValueError(f"field must be a finite number, got {field!r}")
+    field_q = None
+    if field != 0.0:
+        if charges is None:
+            raise ValueError("a field needs the charges: pass charges, a (B, 5, 1) array")
+        charges = np.asarray(charges, dtype=np.float64)
+        if charges.shape not in ((nb, N_BALLS, 1), (nb, N_BALLS)):
+            raise ValueError(f"charges must have shape ({nb}, {N_BALLS}, 1), got {charges.shape}")
+        field_q = field * charges.reshape(nb, N_BALLS).T            # (5, B)
     n_frames = length // sample_freq - 1
     max_f = 0.1 / dt if max_force is None else float(max_force)
     loc_out = np.zeros((nb, n_frames, DIM, N_BALLS))
@@ -373,7 +406,8 @@ def simulate(
         # Always a copy (ascontiguousarray may return a view of the input).
         loc = np.array(loc0[start:stop].transpose(1, 2, 0), order="C", copy=True)
         vel = np.array(vel0[start:stop].transpose(1, 2, 0), order="C", copy=True)
-        force = _Stepper(edges[start:stop], clip, max_f)
+        force = _Stepper(edges[start:stop], clip, max_f,
+                         None if field_q is None else field_q[:, start:stop])
         step = np.empty_like(loc)
         with np.errstate(divide="ignore", invalid="ignore"):
             f = force(loc)
@@ -424,6 +458,7 @@ def generate(
     seed: int = 43,
     *,
     clip: str = "component",
+    field: float = 0.0,
     integrate_train: Optional[int] = None,
     progress: Union[None, bool, Callable[[int, int], None]] = None,
     length: int = LENGTH,
@@ -450,6 +485,10 @@ def generate(
         Force clipping, see :func:`simulate`.  Only ``"component"`` gives the
         original data; ``"norm"`` gives the exactly equivariant variant from
         the same initial states.
+    field : float
+        Strength ``eps`` of a uniform external field along ``+z`` (see
+        :func:`simulate`), from the same initial states; ``0`` (the default)
+        gives the data without a field, bit for bit.
     integrate_train : int, optional
         Integrate only the first ``integrate_train`` training trajectories
         (the training draws all still happen, so valid/test are unchanged);
@@ -489,7 +528,8 @@ def generate(
                     cb(_o + done, total)
             loc, vel = simulate(d["loc0"][:k], d["vel0"][:k], d["edges"][:k],
                                 length=length, sample_freq=sample_freq,
-                                clip=clip, chunk_size=chunk_size, progress=sub)
+                                clip=clip, field=field, charges=d["charges"][:k],
+                                chunk_size=chunk_size, progress=sub)
             offset += k * length
             # Observation noise: the original adds noise_var * randn, with
             # noise_var = 0 (an identity on every non-zero value).

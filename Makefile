@@ -14,9 +14,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# the images extra (escnn) builds py3nj, which needs a Fortran compiler: say so in one line, not a pip traceback
 setup: $(BIN)/python
+	@$(BIN)/python -c "import py3nj" 2>/dev/null || command -v gfortran >/dev/null || { echo "make setup: escnn (the images extra) needs py3nj, which builds only with a Fortran compiler: install the system package gfortran (Debian/Ubuntu: apt-get install gfortran; macOS: brew install gcc)" >&2; exit 2; }
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" "numpy<2" "pandas<3"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,images]"
 
 # the quick suite trained afresh into build/quick, then checked run by run against the shipped records
 quick:

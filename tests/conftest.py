@@ -17,12 +17,15 @@ TINY_TASK_OVERRIDES = {
     "nbody-field": ["task.num_train=64", "task.num_valid=32", "task.num_test=32"],
     # the height feature breaks E(3) (task.group): the registry-wide contract runs without it
     "mocap-run": ["task.height=false"],
+    "rotmnist": ["task.num_valid=32", "task.num_test=32"],
 }
 # small backbones keep every registry-parametrised training test fast
 TINY_MODEL_OVERRIDES = {
     "egnn": ["model.hidden=16", "model.layers=2", "model.branch_hidden=16"],
     "segnn": ["model.hidden=16", "model.layers=2", "model.branch_hidden=16"],
     "egno": ["model.hidden=16", "model.layers=2", "model.branch_hidden=16"],
+    "p4m-cnn": ["model.fields=4,8"],
+    "cnn": ["model.channels=8,16"],
 }
 
 

@@ -162,10 +162,14 @@ class HomotopyModel(nn.Module):
     train_defaults : mapping
         Per task, ``TrainConfig`` keys this backbone's protocol sets on top of the task's.
     presets : mapping
-        Named override sets of this backbone (merged with the task's presets).
+        Named override sets of this backbone (merged with the task's presets of the same name).
+    equivariant : bool
+        ``False`` for a reference network with no equivariant structure at all (a plain CNN): it
+        has no relaxed layers, and the contract tests check that it is measurably not equivariant.
     """
 
     registry_name: ClassVar[str] = "?"
+    equivariant: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = ("*",)
     train_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}

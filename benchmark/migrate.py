@@ -2,12 +2,14 @@
 
 ``python -m benchmark.migrate RESULTS`` adds to every record under ``RESULTS/runs`` the fields a
 newer writer records and that can be recomputed exactly from the record's own resolved
-configuration. Today that is one field:
+configuration, and rewrites what a newer writer records differently:
 
 * ``variants.<v>.params``: the parameters of the network that variant ``v`` evaluates (the
   projected network has no branches). It is the count of a freshly built model of the record's
   backbone and model configuration, on the record's task with a small data split (the counts do
   not depend on the data). Records that have it are left byte for byte as they are.
+* ``provenance.command``: the command line with absolute paths kept as their last component
+  (:func:`benchmark.provenance.portable_command`), as the writer now records it.
 
 Every rewrite goes through :func:`benchmark.record.write_record` (validated, atomic).
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["add_variant_params", "main"]
+__all__ = ["add_variant_params", "portable_commands", "main"]
 
 
 def _model_for(rec: dict):
@@ -65,11 +67,30 @@ def add_variant_params(results: Path | str) -> tuple[int, int]:
     return updated, seen
 
 
+def portable_commands(results: Path | str) -> tuple[int, int]:
+    """Record commands without machine paths; returns (records updated, records seen)."""
+    from benchmark.provenance import portable_command
+    from benchmark.record import iter_records, write_record
+    updated = seen = 0
+    for path, rec in iter_records(results):
+        seen += 1
+        prov = rec.get("provenance") or {}
+        command = prov.get("command")
+        if not isinstance(command, list) or portable_command(command) == command:
+            continue
+        prov["command"] = portable_command(command)
+        write_record(path, rec)
+        updated += 1
+    return updated, seen
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     results = Path(argv[0] if argv else "results")
     updated, seen = add_variant_params(results)
     print(f"{updated} of {seen} records under {results / 'runs'} got per-variant parameter counts")
+    updated, seen = portable_commands(results)
+    print(f"{updated} of {seen} records under {results / 'runs'} had machine paths in their command")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 __all__ = ["code_version", "device_name", "provenance"]
@@ -44,6 +44,25 @@ def device_name(device: Any = None) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def portable_command(argv: list[str]) -> list[str]:
+    """The command line as a record keeps it: an absolute path (a results root, a data file) is kept
+    as its last component, so a record names no folder of the machine it ran on.
+
+    >>> portable_command(["relaxbench", "run", "--results", "/srv/x/results", "--results=/y/r", "seed=1"])
+    ['relaxbench', 'run', '--results', 'results', '--results=r', 'seed=1']
+    """
+    out = []
+    for arg in argv:
+        head, eq, value = str(arg).partition("=")
+        if eq and value.startswith("/") and head.startswith("-"):
+            out.append(f"{head}={PurePath(value).name or value}")
+        elif str(arg).startswith("/"):
+            out.append(PurePath(arg).name or str(arg))
+        else:
+            out.append(str(arg))
+    return out
+
+
 def provenance(argv: list[str] | None = None, device: Any = None, git_sha: Any = _NOW) -> dict[str, Any]:
     """Git SHA, package versions, device and command line of this process. ``git_sha``: the commit
     read when the run started (the code that ran), else it is read now."""
@@ -62,4 +81,4 @@ def provenance(argv: list[str] | None = None, device: Any = None, git_sha: Any =
     return {"git_sha": code_version() if git_sha is _NOW else git_sha, "packages": versions,
             "device": device_name(device), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(terse=True),
-            "command": list(sys.argv if argv is None else argv)}
+            "command": portable_command(list(sys.argv if argv is None else argv))}

@@ -181,3 +181,10 @@ def test_extra_groups_are_measured_and_recorded(tiny_config, tmp_path, monkeypat
     assert set(eq) == {"abs", "rel", "abs.about-z", "rel.about-z"}
     assert eq["rel.about-z"] < 1e-10 and eq["rel"] < 1e-10
     assert "groups" in rec["curves"][-1]["projected"]["equivariance"]
+
+
+def test_a_record_names_no_folder_of_the_machine(tiny_config, tmp_path):
+    argv = ["relaxbench", "run", "--results", str(tmp_path / "results"), f"--out={tmp_path}/x", "--seed", "0"]
+    rec, path = train(tiny_config("strict"), results=tmp_path / "results", progress=False, argv=argv)
+    assert rec["provenance"]["command"] == ["relaxbench", "run", "--results", "results", "--out=x", "--seed", "0"]
+    assert str(tmp_path) not in path.read_text()

@@ -23,6 +23,7 @@ from typing import Callable
 
 from benchmark.config import ConfigError
 from benchmark.fileio import quarantine
+from benchmark.provenance import portable_command
 from benchmark.record import STATUSES, read_or_quarantine, record_path, write_json_atomic
 from benchmark.suite.spec import Cell, PlannedRun, Spec
 
@@ -122,7 +123,7 @@ def write_manifest(spec: Spec, plan: Plan, results: Path, command: list[str]) ->
     """``<results>/suites/<name>.json``: the suite's protocol, headlines and the run ids of the whole
     grid (also when ``plan`` covers only a part of it)."""
     runs = spec.runs()
-    data = {**spec.summary(), "runs": [run.run_id for run in runs], "command": command,
+    data = {**spec.summary(), "runs": [run.run_id for run in runs], "command": portable_command(command),
             # the task with the settings a grid varies (nbody-field[eps=0.1]): one table per value
             "task_labels": {run.run_id: run.cell.task_label for run in runs if run.cell.task_settings}}
     return write_json_atomic(Path(results) / "suites" / f"{spec.name}.json", data)

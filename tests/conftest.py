@@ -69,3 +69,19 @@ def tiny_config():
         return resolve(task, backbone, method, overrides=tiny_overrides(task, backbone, extra),
                        epochs=epochs, **kw)
     return make
+
+
+def interrupted_and_resumed(cfg, tmp_path, stop_at: int = 2) -> tuple[dict, dict]:
+    """The record of ``cfg`` trained straight, and that of the same run stopped after the
+    evaluation at epoch ``stop_at`` and resumed from its checkpoint."""
+    from benchmark.train import RunInterrupted, train
+    straight, _ = train(cfg, results=tmp_path / "a", progress=False)
+
+    def stop(epoch, row):
+        if epoch == stop_at:
+            raise RunInterrupted
+
+    with pytest.raises(RunInterrupted):
+        train(cfg, results=tmp_path / "b", progress=False, on_evaluation=stop)
+    resumed, _ = train(cfg, results=tmp_path / "b", resume=True, progress=False)
+    return straight, resumed

@@ -18,8 +18,8 @@ from benchmark.evaluate import assert_equivariant, equivariance_cases
 from benchmark.experiment import resolve
 from benchmark.groups import EuclideanGroup
 from benchmark.registry import METHODS
-from benchmark.train import RunInterrupted, build, train
-from conftest import tiny_overrides
+from benchmark.train import build, train
+from conftest import interrupted_and_resumed, tiny_overrides
 
 
 def _built(task: str = "nbody", method: str = "unconstrained", extra=(), train_size: int = 16):
@@ -277,15 +277,7 @@ def test_every_method_trains_on_mocap_with_the_height_feature(method, tiny_confi
 @pytest.mark.parametrize("method", ["lie-anneal", "ace-eq"])
 def test_checkpoint_and_resume_give_identical_results(method, tiny_config, tmp_path):
     cfg = tiny_config(method, backbone="egno", epochs=4, extra=["train.eval_every=2"])
-    straight, _ = train(cfg, results=tmp_path / "a", progress=False)
-
-    def stop(epoch, row):
-        if epoch == 2:
-            raise RunInterrupted
-
-    with pytest.raises(RunInterrupted):
-        train(cfg, results=tmp_path / "b", progress=False, on_evaluation=stop)
-    resumed, _ = train(cfg, results=tmp_path / "b", resume=True, progress=False)
+    straight, resumed = interrupted_and_resumed(cfg, tmp_path)
     keys = ("status", "variants", "curves", "diagnostics", "params")
     assert straight["status"] == "completed"
     assert {k: resumed[k] for k in keys} == {k: straight[k] for k in keys}

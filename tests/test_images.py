@@ -515,21 +515,3 @@ def test_every_method_trains_and_its_projected_variant_is_invariant(method, tmp_
         assert 0 <= summary["test_metric"] <= 100
         if variant == "projected":
             assert summary["equivariance"]["rel"] < 1e-5, (variant, summary["equivariance"])
-
-
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    """The escnn layers keep no mode-dependent state: a checkpoint written mid-run resumes exactly."""
-    from benchmark.train import RunInterrupted
-    cfg = resolve("rotmnist", "p4m-cnn", "ace-eq", train_size=32, epochs=4,
-                  overrides=tiny_overrides("rotmnist", "p4m-cnn", ["train.eval_every=2"]))
-    straight, _ = train(cfg, results=tmp_path / "a", progress=False)
-
-    def stop(epoch, row):
-        if epoch == 2:
-            raise RunInterrupted
-
-    with pytest.raises(RunInterrupted):
-        train(cfg, results=tmp_path / "b", progress=False, on_evaluation=stop)
-    resumed, _ = train(cfg, results=tmp_path / "b", progress=False)
-    for key in ("status", "variants", "curves", "diagnostics", "params"):
-        assert resumed[key] == straight[key], key

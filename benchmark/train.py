@@ -270,6 +270,12 @@ def _evaluate(built: Built, state: _State, train_loss: float) -> dict:
     return row
 
 
+def evaluate_once(built: Built) -> dict:
+    """One evaluation exactly as the train loop runs it (every variant, equivariance errors,
+    truncation error, diagnostics), on a fresh state: what ``relaxbench bench`` times."""
+    return _evaluate(built, _State(), float("nan"))
+
+
 def _finish_variants(built: Built, state: _State) -> dict:
     """Test metric of each variant at its best validation epoch."""
     model = built.model
@@ -419,8 +425,33 @@ def _train_locked(cfg: RunConfig, results: Path, rec_path: Path, ckpt: Path, *, 
     return record, rec_path
 
 
+def step_objective(built: Built, batch, forward, *, epoch: int, step: int) -> tuple[StepContext, torch.Tensor]:
+    """The first half of one training step: the forward pass, the task loss and the method's
+    objective (its :class:`StepContext` and the total to descend)."""
+    model, tc = built.model, built.cfg.train
+    gammas = model.gammas()
+    ctx = StepContext(model=model, task=built.task, batch=batch, pred=None, task_loss=None,  # type: ignore[arg-type]
+                      gammas=gammas, gammas_before=gammas.detach().clone(), epoch=epoch,
+                      step=step, num_epochs=tc.epochs, train_cfg=tc, forward=forward)
+    ctx.pred = forward(batch)
+    ctx.task_loss = built.task.loss(ctx.pred, batch)
+    return ctx, built.method.loss(ctx)
+
+
+def apply_step(built: Built, ctx: StepContext, total: torch.Tensor) -> None:
+    """The second half: backward, gradient clipping, the primal optimiser's step and the method's
+    ``after_step`` (the dual step and the like)."""
+    opt, tc = built.optimizer, built.cfg.train
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    if tc.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], tc.grad_clip)
+    opt.step()
+    built.method.after_step(ctx)
+
+
 def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation, started: float):
-    cfg, task, model, method, opt = built.cfg, built.task, built.model, built.method, built.optimizer
+    cfg, task, model, method = built.cfg, built.task, built.model, built.method
     tc = cfg.train
     forward = torch.compile(model) if use_compile(cfg, method) else model
     bar = None
@@ -441,22 +472,11 @@ def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation
                 t0 = time.perf_counter()
                 if augment is not None:
                     batch = augment(batch)
-                gammas = model.gammas()
-                ctx = StepContext(model=model, task=task, batch=batch, pred=None, task_loss=None,  # type: ignore[arg-type]
-                                  gammas=gammas, gammas_before=gammas.detach().clone(), epoch=epoch,
-                                  step=state.step, num_epochs=tc.epochs, train_cfg=tc, forward=forward)
-                ctx.pred = forward(batch)
-                ctx.task_loss = task.loss(ctx.pred, batch)
-                total = method.loss(ctx)
+                ctx, total = step_objective(built, batch, forward, epoch=epoch, step=state.step)
                 value = total.item()
                 if not np.isfinite(value) or value > tc.divergence_threshold:
                     return "diverged", f"training loss {value} at epoch {epoch}, step {state.step}"
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                if tc.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], tc.grad_clip)
-                opt.step()
-                method.after_step(ctx)
+                apply_step(built, ctx, total)
                 state.step += 1
                 state.step_times.append(time.perf_counter() - t0)
                 losses.append(ctx.task_loss.item())

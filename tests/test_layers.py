@@ -23,7 +23,7 @@ LAYERS = [
     ("backbones", ["benchmark.backbones"]),
     ("core", ["benchmark.method", "benchmark.train", "benchmark.evaluate", "benchmark.experiment",
               "benchmark.record", "benchmark.checkpoint", "benchmark.devices", "benchmark.migrate",
-              "benchmark.provenance", "benchmark.tracking"]),
+              "benchmark.provenance", "benchmark.tracking", "benchmark.perf"]),
     ("baselines", ["baselines"]),
     ("suite", ["benchmark.suite"]),
     ("report", ["benchmark.report"]),

@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_data)
 
-    for module in ("benchmark.cli.suite", "benchmark.cli.report"):
+    for module in ("benchmark.cli.suite", "benchmark.cli.report", "benchmark.cli.bench"):
         try:
             mod = __import__(module, fromlist=["add_parser"])
         except ModuleNotFoundError as exc:

@@ -96,8 +96,13 @@ def cmd_suite_run(args) -> int:
         logger = WandbRunLogger(args.wandb_project or spec.wandb.get("project"), entity=spec.wandb.get("entity"),
                                 suite=spec.name)
         on_finished = functools.partial(_log_to_wandb, logger)
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads={args.threads}: must be >= 1")
     executor = make_executor(args.executor, results=results, workers=workers,
-                             options=_executor_options(spec, args), command=command)
+                             options=_executor_options(spec, args), command=command, threads=args.threads)
+    if args.executor != "slurm":
+        print(f"each worker: {executor.threads} torch thread(s)"
+              + (" (--threads)" if args.threads else " (the free cores divided among the workers)"), file=sys.stderr)
     try:
         outcome = run_suite(plan, executor, progress=not args.quiet, on_finished=on_finished)
     except KeyboardInterrupt:
@@ -212,6 +217,8 @@ def add_parser(sub) -> None:
                    help="local process pool, submitit's local processes, or Slurm through submitit")
     r.add_argument("--workers", type=int, default=None,
                    help="runs at once (default: the cores here; slurm: the array parallelism, 32)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: the free cores divided among the workers, at least 1)")
     r.add_argument("--only", action="append", metavar="KEY=PATTERN[,PATTERN]",
                    help="run only this part of the grid, e.g. --only backbone=segnn --only method='ace-*,strict' "
                         "(keys: task, backbone, method, seed, train_size; repeatable)")

@@ -273,12 +273,20 @@ class SubmititExecutor(Executor):
 
 
 def make_executor(kind: str, *, results: Path, workers: int, after=None, options: dict | None = None,
-                  folder: Path | None = None, command: Sequence[str] | None = None) -> Executor:
-    """An executor by name; ``workers`` runs at once, each with ``cores // workers`` threads locally."""
+                  folder: Path | None = None, command: Sequence[str] | None = None,
+                  threads: int | None = None) -> Executor:
+    """An executor by name; ``workers`` runs at once, each with ``threads`` torch threads (default
+    on this machine: the free cores divided among the workers, :func:`benchmark.devices.default_threads`,
+    so that a busy machine is not oversubscribed; on Slurm: ``cores // workers`` of a node)."""
     if kind not in EXECUTORS:
         from benchmark.config import ConfigError
         raise ConfigError(f"--executor={kind}: allowed: {', '.join(EXECUTORS)}")
-    threads = max(1, available_cores() // max(1, workers))
+    if threads is None:
+        if kind == "slurm":
+            threads = max(1, available_cores() // max(1, workers))
+        else:
+            from benchmark.devices import default_threads
+            threads = default_threads(workers)[0]
     if kind == "local":
         return LocalPoolExecutor(results=results, workers=workers, threads=threads, after=after,
                                  options=dict(options or {}), command=command)

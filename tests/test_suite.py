@@ -272,7 +272,7 @@ def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
         time.sleep(0.1)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     assert "run the same command" in err
     first = len(list((results / "runs").rglob("*.json")))

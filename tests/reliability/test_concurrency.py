@@ -18,7 +18,7 @@ from _cli import REPO, leftovers, popen, relaxbench, run_args
 from benchmark.fileio import RunLock, RunLocked
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
+def _wait_for(predicate, timeout: float = 600.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():

@@ -246,7 +246,7 @@ def test_concurrent_processes_regenerate_a_bad_cache_safely(data_root, cfg, tmp_
     barrier.mkdir()
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(barrier), str(i), "3"], env=env, cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1
     assert nbody._read_cache(cache, cfg, None)[1] == ""
@@ -374,6 +374,6 @@ def test_an_installed_wheel_loads_the_reference_fingerprints(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(site)
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=elsewhere, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["3", "12"]

@@ -30,8 +30,8 @@ def test_run_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--task", "nbdy"], "unknown task 'nbdy'; did you mean 'nbody'?"),
-    (["--backbone", "egn"], "unknown backbone 'egn'; did you mean 'egnn'"),
+    (["--task", "nbdy"], "unknown task 'nbdy'; did you mean 'nbody'"),
+    (["--backbone", "segn"], "unknown backbone 'segn'; did you mean 'segnn'"),
     (["--method", "strct"], "unknown method 'strct'; did you mean 'strict'?"),
     (["--seed", "-1"], "--seed=-1: must be >= 0"),
     (["--seed", "x"], "argument --seed: invalid int value: 'x'"),

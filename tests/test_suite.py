@@ -267,10 +267,11 @@ def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
                 "--workers", str(workers), "--quiet", "--no-figures"]
     cmd = command(results, 1)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # interrupt once a record has landed and the next run is training (it has written a checkpoint)
     deadline = time.time() + 300
-    while time.time() < deadline and not list((results / "runs").rglob("*.json")):
-        time.sleep(0.1)
-    time.sleep(0.5)
+    while time.time() < deadline and not (list((results / "runs").rglob("n*.json"))
+                                          and list((results / "checkpoints").rglob("*.pt"))):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err

@@ -263,10 +263,14 @@ def test_ctrl_c_keeps_records_and_checkpoints_then_resume_matches(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def command(where: Path, workers: int) -> list[str]:
+        # one torch thread each, whatever the load: float32 sums depend on the thread count
         return [sys.executable, "-m", "benchmark", "suite", "run", str(spec), "--results", str(where),
-                "--workers", str(workers), "--quiet", "--no-figures"]
+                "--workers", str(workers), "--threads", "1", "--quiet", "--no-figures"]
     cmd = command(results, 1)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as in a terminal: SIGINT at its default even where this test runs in the background (where a
+    # shell starts its children with SIGINT ignored, and Python then raises no KeyboardInterrupt)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # interrupt once a record has landed and the next run is training (it has written a checkpoint)
     deadline = time.time() + 300
     while time.time() < deadline and not (list((results / "runs").rglob("n*.json"))

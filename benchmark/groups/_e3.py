@@ -57,6 +57,25 @@ class E3Elements:
         return E3Elements(Rt, -(Rt @ self.translation[..., None])[..., 0])
 
 
+def _identity(n: int, dtype: torch.dtype) -> E3Elements:
+    return E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), torch.zeros(n, 3, dtype=dtype))
+
+
+def _cases(R: torch.Tensor, improper: torch.Tensor | None, translations: bool, scale: float,
+           generator: torch.Generator, dtype: torch.dtype) -> dict[str, E3Elements]:
+    """The named cases of a Euclidean group from float64 proper rotations ``R`` (n, 3, 3), their
+    improper counterparts (or ``None``), and, with ``translations``, Gaussian translations."""
+    n = R.shape[0]
+    zero = torch.zeros(n, 3, dtype=dtype)
+    out = {"rotation": E3Elements(R.to(dtype), zero)}
+    if improper is not None:
+        out["reflection"] = E3Elements(improper.to(dtype), zero.clone())
+    if translations:
+        t = scale * torch.randn(n, 3, generator=generator, dtype=torch.float64)
+        out["translation"] = E3Elements(_identity(n, dtype).rotation, t.to(dtype))
+    return out
+
+
 class EuclideanGroup:
     """E(3), or SE(3)/O(3)/SO(3) when reflections or translations are switched off.
 
@@ -103,17 +122,11 @@ class EuclideanGroup:
         (improper, no translation) and ``translation`` (identity rotation), ``n`` of each."""
         g = self.sample(n, generator, torch.float64)
         R = g.rotation * torch.linalg.det(g.rotation)[:, None, None]        # proper: det R = 1
-        zero = torch.zeros(n, 3, dtype=torch.float64)
-        out = {"rotation": E3Elements(R.to(dtype), zero.to(dtype))}
-        if self.reflections:
-            out["reflection"] = E3Elements((-R).to(dtype), zero.to(dtype))
-        if self.translations:
-            t = self.translation_scale * torch.randn(n, 3, generator=generator, dtype=torch.float64)
-            out["translation"] = E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), t.to(dtype))
-        return out
+        return _cases(R, -R if self.reflections else None, self.translations, self.translation_scale, generator,
+                      dtype)
 
     def identity(self, n: int, dtype: torch.dtype = torch.float32) -> E3Elements:
-        return E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), torch.zeros(n, 3, dtype=dtype))
+        return _identity(n, dtype)
 
     def exp(self, k: int, t: torch.Tensor, n: int) -> E3Elements:
         """``exp(t A_k)`` for generator ``k`` (0-2 rotations, 3-5 translations), repeated ``n``
@@ -201,17 +214,11 @@ class AxialEuclideanGroup:
         plane containing the axis) and ``translation``, ``n`` of each."""
         angle = 2 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
         R = self._rotation(angle)
-        zero = torch.zeros(n, 3, dtype=torch.float64)
-        out = {"rotation": E3Elements(R.to(dtype), zero.to(dtype))}
-        if self.reflections:
-            out["reflection"] = E3Elements((R @ self._mirror(n, torch.float64)).to(dtype), zero.to(dtype))
-        if self.translations:
-            t = self.translation_scale * torch.randn(n, 3, generator=generator, dtype=torch.float64)
-            out["translation"] = E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), t.to(dtype))
-        return out
+        return _cases(R, R @ self._mirror(n, torch.float64) if self.reflections else None, self.translations,
+                      self.translation_scale, generator, dtype)
 
     def identity(self, n: int, dtype: torch.dtype = torch.float32) -> E3Elements:
-        return E3Elements(torch.eye(3, dtype=dtype).expand(n, 3, 3).clone(), torch.zeros(n, 3, dtype=dtype))
+        return _identity(n, dtype)
 
     def exp(self, k: int, t: torch.Tensor, n: int) -> E3Elements:
         """``exp(t A)`` for the group's generator ``k`` (E(3)'s generator ``lie_basis[k]``)."""

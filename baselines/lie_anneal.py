@@ -124,13 +124,23 @@ def acts_as_zero(rep, k: int, like: torch.Tensor) -> bool:
     return known[key]
 
 
+def _couples_samples(layer) -> bool:
+    """Whether the layer's branch normalises with batch statistics (a sample's output then depends
+    on the others, and the tangents cannot be batched over one primal pass)."""
+    branch = getattr(layer, "branch", None)
+    return branch is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+                                      for m in branch.modules())
+
+
 def lie_derivatives(layer, x: torch.Tensor, generators: int | Sequence[int], *,
                     skip_zero_generators: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, f)``: the Lie derivatives ``L_A f_neq(x)`` of ``layer``'s branch for the generators
     ``A_0 .. A_{K-1}``, stacked on a new first axis ``(K, *f.shape)``, and ``f = f_neq(x)``.
 
-    One forward-mode pass (:func:`torch.func.jvp`) over one copy of the batch per generator, with
-    tangent ``A_in x``; differentiable in the branch's parameters. A generator that acts as zero
+    One forward-mode pass (:func:`torch.func.jvp`) with tangent ``A_in x`` per generator, batched
+    over a single primal pass by :func:`torch.func.vmap` (a branch with batch statistics instead
+    runs one concatenated copy of the batch per generator); differentiable in the branch's
+    parameters. A generator that acts as zero
     on both the input and the output representation has ``L_A f = J_f(x)[0] - 0 = 0`` exactly for
     every branch, so its rows are zeros and it gets no copy of the batch (on hidden e3nn features,
     which do not translate, this halves the pass for E(3)). ``skip_zero_generators=False`` runs
@@ -145,11 +155,19 @@ def lie_derivatives(layer, x: torch.Tensor, generators: int | Sequence[int], *,
         f = _as_rep_vectors(layer.branch_output(x), layer.rep_out.dim)
         return f.new_zeros((K,) + f.shape), f
     A = len(active)
-    tangents = torch.cat([layer.rep_in.lie(k, x) for k in active], dim=0)
-    y, jv = torch.func.jvp(layer.branch_output, (torch.cat([x] * A, dim=0),), (tangents,))
-    y = _as_rep_vectors(y, layer.rep_out.dim)
+    if _couples_samples(layer):
+        # batch statistics tie the samples together: one concatenated batch of A copies
+        tangents = torch.cat([layer.rep_in.lie(k, x) for k in active], dim=0)
+        y, jv = torch.func.jvp(layer.branch_output, (torch.cat([x] * A, dim=0),), (tangents,))
+        f = _as_rep_vectors(y, layer.rep_out.dim)[:n]
+    else:
+        # the primal once, the A tangents batched over it (vmap): A + 1 branch passes, not 2 A
+        tangents = torch.stack([layer.rep_in.lie(k, x) for k in active], dim=0)
+        y, jv = torch.func.vmap(lambda t: torch.func.jvp(layer.branch_output, (x,), (t,)),
+                                out_dims=(None, 0))(tangents)
+        f = _as_rep_vectors(y, layer.rep_out.dim)
+        jv = jv.reshape((A * n,) + jv.shape[2:])
     jv = _as_rep_vectors(jv, layer.rep_out.dim)
-    f = y[:n]
     out_lie = torch.cat([layer.rep_out.lie(k, f) for k in active], dim=0)
     defect = (jv - out_lie).reshape((A,) + f.shape)
     if A == K:

@@ -16,7 +16,8 @@ import torch
 
 from benchmark.config import ConfigError
 
-__all__ = ["resolve_device", "DEVICE_ENV", "DEVICE_CHOICES", "default_threads"]
+__all__ = ["resolve_device", "DEVICE_ENV", "DEVICE_CHOICES", "default_threads", "compile_model",
+           "compile_cache_dir", "COMPILE_CACHE_ENV"]
 
 DEVICE_ENV = "RELAXBENCH_DEVICE"
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -66,3 +67,28 @@ def default_threads(workers: int = 1) -> tuple[int, str]:
     threads = max(1, min(share, free))
     why = f"{cores} cores" + (f" / {workers} workers" if workers > 1 else "") + f", load {load:.1f}"
     return threads, why
+
+
+#: Where compiled graphs are kept (overrides the default below).
+COMPILE_CACHE_ENV = "RELAXBENCH_COMPILE_CACHE"
+
+
+def compile_cache_dir() -> str:
+    """The persistent compile cache of this user: ``$RELAXBENCH_COMPILE_CACHE``, else an inductor
+    cache dir already set in ``$TORCHINDUCTOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/relaxbench/
+    torchinductor`` (``~/.cache/...``). Unlike inductor's own default under the temporary folder,
+    it outlives a reboot and a cluster job's private ``/tmp``, so every run of a suite, and every
+    suite on the machine (or on the cluster's shared home), reuses the graphs the first run
+    compiled (inductor's FX-graph and AOT-autograd caches, both on by default)."""
+    explicit = os.environ.get(COMPILE_CACHE_ENV) or os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "relaxbench", "torchinductor")
+
+
+def compile_model(model):
+    """``torch.compile(model)`` with the persistent compile cache of :func:`compile_cache_dir`
+    (set for this process before the first compilation reads it)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache_dir()
+    return torch.compile(model)

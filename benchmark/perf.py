@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 __all__ = ["machine", "matmul_flops", "bench_backbone", "BackboneBench", "MethodTiming", "to_markdown",
-           "default_task"]
+           "default_task", "bench_data", "bench_peer", "bench_compile_cache", "suite_estimates", "from_json",
+           "OVERHEAD_TARGETS"]
 
 
 def machine() -> dict[str, Any]:
@@ -81,6 +82,7 @@ class MethodTiming:
     eval_s: float | None                 # one evaluation (every variant, equivariance included)
     eval_fraction_of_epoch: float | None  # one evaluation / one epoch of training steps
     compiled: bool = False
+    eval_share_of_run: float | None = None  # evaluations' share of a run at the task's eval_every
 
 
 @dataclass
@@ -94,6 +96,7 @@ class BackboneBench:
     strict_flops_per_second: float | None
     matmul_flops_per_second: float
     max_rss_mb: float
+    eval_every: int = 1
     methods: list[MethodTiming] = field(default_factory=list)
 
 
@@ -197,15 +200,331 @@ def bench_backbone(backbone: str, methods: Sequence[str], *, task: str | None = 
     step_strict = statistics.median(times["strict"])
     out = BackboneBench(backbone, task, bs, steps_per_epoch, strict.model.num_parameters(), flops,
                         None if flops is None else flops / step_strict, matmul_flops(),
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, strict.cfg.train.eval_every)
     for method in methods:
         med, q1, q3 = _median_iqr(times[method])
         if progress:
             progress(f"{backbone}/{task}: evaluating {method}")
         ev = _evaluation_seconds(built[method], eval_repeats) if eval_repeats else None
+        epoch = med * steps_per_epoch
         out.methods.append(MethodTiming(method, med, q1, q3, statistics.median(ratios[method]), ev,
-                                        None if ev is None else ev / (med * steps_per_epoch), compiled))
+                                        None if ev is None else ev / epoch, compiled,
+                                        None if ev is None else ev / (ev + out.eval_every * epoch)))
+    out.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+# -- data: the vectorised generator against the literal per-trajectory loop -----------------------
+def bench_data(trajectories: int = 1024, literal: int = 8, length: int = 5000) -> dict[str, Any]:
+    """The N-body generator (:func:`~benchmark.tasks.nbody_sim.simulate`, one call over
+    ``trajectories``) against the literal per-trajectory loop of
+    :mod:`~benchmark.tasks._nbody_literal` on the first ``literal`` of them: seconds per
+    trajectory of each, their ratio, and whether every compared array is equal bit for bit."""
+    import numpy as np
+
+    from benchmark.tasks import nbody_sim as ns
+    from benchmark.tasks._nbody_literal import literal_trajectory
+    ic = ns.draw_initial_conditions(trajectories, np.random.RandomState(43))
+    t = time.perf_counter()
+    loc, vel = ns.simulate(ic["loc0"], ic["vel0"], ic["edges"], length=length)
+    vectorised = (time.perf_counter() - t) / trajectories
+    per, identical = [], True
+    for b in range(min(literal, trajectories)):
+        t = time.perf_counter()
+        ref_loc, ref_vel = literal_trajectory(ic["loc0"][b], ic["vel0"][b], ic["edges"][b], T=length)
+        per.append(time.perf_counter() - t)
+        identical = identical and np.array_equal(loc[b], ref_loc) and np.array_equal(vel[b], ref_vel)
+    lit = statistics.median(per)
+    return {"trajectories": trajectories, "steps": length, "compared": len(per),
+            "vectorised_s_per_trajectory": vectorised, "literal_s_per_trajectory": lit,
+            "speedup": lit / vectorised, "bit_identical": bool(identical)}
+
+
+# -- peers: the same network written the usual way ---------------------------------------------
+def _train_pass(forward, batch) -> Callable[[], float]:
+    def run() -> float:
+        t = time.perf_counter()
+        loss = torch.mean((forward(batch) - batch.target) ** 2)
+        loss.backward()
+        return time.perf_counter() - t
+    return run
+
+
+def bench_peer(name: str, rounds: int = 5, steps: int = 3, compiled: bool = False,
+               overrides: Sequence[str] = (), train_size: int | None = None) -> dict[str, Any] | None:
+    """Forward and backward (batch 100 of the N-body task, the strict network, same weights) of
+    the backbone against the same network written the usual way: ``egnn`` against its per-edge form
+    (:mod:`~benchmark.backbones._egnn_reference`), ``segnn`` against the per-edge e3nn reference
+    of the tests (only in a source checkout, which has them). Interleaved rounds; the outputs are
+    compared on the batch. ``None`` when the reference is not available."""
+    from benchmark.experiment import resolve
+    from benchmark.train import build
+    mine = [o for o in overrides if o.split("=", 1)[0].strip() != "train.compile"] + ["train.compile=off"]
+    cfg = resolve("nbody", name, "strict", overrides=mine, train_size=train_size)
+    built = build(cfg)
+    model = built.model
+    batch = built.task.split("train").index(slice(0, cfg.train.batch_size))
+    if name == "egnn":
+        from benchmark.backbones._egnn_reference import per_edge_forward
+        reference, label = (lambda b: per_edge_forward(model, b)), "per-edge EGNN (gathers and index_add)"
+    elif name == "segnn":
+        import importlib.util
+        from pathlib import Path
+        path = Path(__file__).resolve().parents[1] / "tests" / "test_segnn.py"
+        if not path.exists():
+            return None
+        import sys
+        sys.path.insert(0, str(path.parent))             # the test module imports its conftest
+        try:
+            spec = importlib.util.spec_from_file_location("_segnn_reference", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
+        ref = module.ReferenceSEGNN(model)
+        reference, label = ref, "per-edge e3nn SEGNN (the tests' reference)"
+    else:
+        return None
+    with torch.no_grad():
+        ours, theirs = model(batch), reference(batch)
+    scale = max(theirs.abs().max().item(), 1e-30)
+    diff = (ours - theirs).abs().max().item() / scale
+    if compiled:
+        from benchmark.devices import compile_model
+        ours_forward = compile_model(model)
+    else:
+        ours_forward = model
+    runs = {"ours": _train_pass(ours_forward, batch), "reference": _train_pass(reference, batch)}
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            times[key].append(statistics.median(run() for _ in range(steps)))
+    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["reference"])
+    return {"backbone": name, "reference": label, "batch": cfg.train.batch_size, "compiled": compiled, "ours_s": ours_s,
+            "reference_s": ref_s, "speedup": ref_s / ours_s, "max_rel_output_difference": diff}
+
+
+# -- compile: cold against warm cache ---------------------------------------------------------
+_COMPILE_PROBE = r"""
+import json, statistics, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+from benchmark.devices import compile_model
+from benchmark.perf import _built, _stepper
+built, _ = _built("nbody", sys.argv[1], "strict", [], False)
+forward = compile_model(built.model)
+t = time.perf_counter()
+step = _stepper(built, forward)
+step()
+first = time.perf_counter() - t
+steps = [step() for _ in range(20)]
+print(json.dumps({"first_step_s": first, "step_s": statistics.median(steps)}))
+"""
+
+
+def bench_compile_cache(backbone: str = "egnn", threads: int = 1) -> dict[str, Any]:
+    """The first compiled training step (compilation included) of two fresh processes sharing one
+    new, empty compile cache, and their median compiled step afterwards: the first process pays
+    the cold compilation, the second finds the graphs in the cache."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from benchmark.devices import COMPILE_CACHE_ENV
+    out = {"backbone": backbone}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, COMPILE_CACHE_ENV: cache, "TORCHINDUCTOR_CACHE_DIR": cache}
+        for key in ("cold", "warm"):
+            done = subprocess.run([sys.executable, "-c", _COMPILE_PROBE, backbone, str(threads)], env=env,
+                                  capture_output=True, text=True, check=True)
+            out[key] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["compile_saved_s"] = out["cold"]["first_step_s"] - out["warm"]["first_step_s"]
+    out["step_ratio_warm_to_cold"] = out["warm"]["step_s"] / out["cold"]["step_s"]
+    return out
+
+
+# -- suites: what a shipped suite costs here ---------------------------------------------------
+def suite_estimates(names: Sequence[str], results: str = "results", workers: int = 2) -> list[dict[str, Any]]:
+    """The estimate ``suite run --dry-run`` prints, for each shipped suite of ``names``: training
+    steps and evaluations from the costs the records under ``results`` measured, and the wall time
+    on ``workers`` workers."""
+    from pathlib import Path
+
+    from benchmark.suite import load_spec, plan_suite
+    from benchmark.suite.runner import estimate, measured_step_times
+    measured = measured_step_times(Path(results))
+    rows = []
+    for name in names:
+        plan = plan_suite(load_spec(name), Path(results))
+        cost = estimate(plan.runs, Path(results), measured=measured)
+        rows.append({"suite": name, "runs": len(plan.runs), "measured_runs": cost.measured,
+                     "unmeasured_runs": cost.unmeasured, "train_hours": cost.seconds / 3600,
+                     "eval_hours": cost.eval_seconds / 3600,
+                     "wall_hours": (cost.seconds + cost.eval_seconds) / 3600 / max(workers, 1),
+                     "workers": workers})
+    return rows
+
+
+def from_json(data: dict) -> BackboneBench:
+    """A :class:`BackboneBench` from its :func:`dataclasses.asdict` form."""
+    return BackboneBench(**{**data, "methods": [MethodTiming(**m) for m in data["methods"]]})
+
+
+def as_json(benches: Sequence[BackboneBench], info: dict) -> dict:
+    return {"machine": info, "backbones": [asdict(b) for b in benches]}
+
+
+# -- data: the vectorised generator against the literal per-trajectory loop -----------------------
+def bench_data(trajectories: int = 1024, literal: int = 8, length: int = 5000) -> dict[str, Any]:
+    """The N-body generator (:func:`~benchmark.tasks.nbody_sim.simulate`, one call over
+    ``trajectories``) against the literal per-trajectory loop of
+    :mod:`~benchmark.tasks._nbody_literal` on the first ``literal`` of them: seconds per
+    trajectory of each, their ratio, and whether every compared array is equal bit for bit."""
+    import numpy as np
+
+    from benchmark.tasks import nbody_sim as ns
+    from benchmark.tasks._nbody_literal import literal_trajectory
+    ic = ns.draw_initial_conditions(trajectories, np.random.RandomState(43))
+    t = time.perf_counter()
+    loc, vel = ns.simulate(ic["loc0"], ic["vel0"], ic["edges"], length=length)
+    vectorised = (time.perf_counter() - t) / trajectories
+    per, identical = [], True
+    for b in range(min(literal, trajectories)):
+        t = time.perf_counter()
+        ref_loc, ref_vel = literal_trajectory(ic["loc0"][b], ic["vel0"][b], ic["edges"][b], T=length)
+        per.append(time.perf_counter() - t)
+        identical = identical and np.array_equal(loc[b], ref_loc) and np.array_equal(vel[b], ref_vel)
+    lit = statistics.median(per)
+    return {"trajectories": trajectories, "steps": length, "compared": len(per),
+            "vectorised_s_per_trajectory": vectorised, "literal_s_per_trajectory": lit,
+            "speedup": lit / vectorised, "bit_identical": bool(identical)}
+
+
+# -- peers: the same network written the usual way ---------------------------------------------
+def _train_pass(forward, batch) -> Callable[[], float]:
+    def run() -> float:
+        t = time.perf_counter()
+        loss = torch.mean((forward(batch) - batch.target) ** 2)
+        loss.backward()
+        return time.perf_counter() - t
+    return run
+
+
+def bench_peer(name: str, rounds: int = 5, steps: int = 3, compiled: bool = False,
+               overrides: Sequence[str] = (), train_size: int | None = None) -> dict[str, Any] | None:
+    """Forward and backward (batch 100 of the N-body task, the strict network, same weights) of
+    the backbone against the same network written the usual way: ``egnn`` against its per-edge form
+    (:mod:`~benchmark.backbones._egnn_reference`), ``segnn`` against the per-edge e3nn reference
+    of the tests (only in a source checkout, which has them). Interleaved rounds; the outputs are
+    compared on the batch. ``None`` when the reference is not available."""
+    from benchmark.experiment import resolve
+    from benchmark.train import build
+    mine = [o for o in overrides if o.split("=", 1)[0].strip() != "train.compile"] + ["train.compile=off"]
+    cfg = resolve("nbody", name, "strict", overrides=mine, train_size=train_size)
+    built = build(cfg)
+    model = built.model
+    batch = built.task.split("train").index(slice(0, cfg.train.batch_size))
+    if name == "egnn":
+        from benchmark.backbones._egnn_reference import per_edge_forward
+        reference, label = (lambda b: per_edge_forward(model, b)), "per-edge EGNN (gathers and index_add)"
+    elif name == "segnn":
+        import importlib.util
+        from pathlib import Path
+        path = Path(__file__).resolve().parents[1] / "tests" / "test_segnn.py"
+        if not path.exists():
+            return None
+        import sys
+        sys.path.insert(0, str(path.parent))             # the test module imports its conftest
+        try:
+            spec = importlib.util.spec_from_file_location("_segnn_reference", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(path.parent))
+        ref = module.ReferenceSEGNN(model)
+        reference, label = ref, "per-edge e3nn SEGNN (the tests' reference)"
+    else:
+        return None
+    with torch.no_grad():
+        ours, theirs = model(batch), reference(batch)
+    scale = max(theirs.abs().max().item(), 1e-30)
+    diff = (ours - theirs).abs().max().item() / scale
+    if compiled:
+        from benchmark.devices import compile_model
+        ours_forward = compile_model(model)
+    else:
+        ours_forward = model
+    runs = {"ours": _train_pass(ours_forward, batch), "reference": _train_pass(reference, batch)}
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            times[key].append(statistics.median(run() for _ in range(steps)))
+    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["reference"])
+    return {"backbone": name, "reference": label, "batch": cfg.train.batch_size, "compiled": compiled, "ours_s": ours_s,
+            "reference_s": ref_s, "speedup": ref_s / ours_s, "max_rel_output_difference": diff}
+
+
+# -- compile: cold against warm cache ---------------------------------------------------------
+_COMPILE_PROBE = r"""
+import json, statistics, sys, time, torch
+torch.set_num_threads(int(sys.argv[2]))
+from benchmark.devices import compile_model
+from benchmark.perf import _built, _stepper
+built, _ = _built("nbody", sys.argv[1], "strict", [], False)
+forward = compile_model(built.model)
+t = time.perf_counter()
+step = _stepper(built, forward)
+step()
+first = time.perf_counter() - t
+steps = [step() for _ in range(20)]
+print(json.dumps({"first_step_s": first, "step_s": statistics.median(steps)}))
+"""
+
+
+def bench_compile_cache(backbone: str = "egnn", threads: int = 1) -> dict[str, Any]:
+    """The first compiled training step (compilation included) of two fresh processes sharing one
+    new, empty compile cache, and their median compiled step afterwards: the first process pays
+    the cold compilation, the second finds the graphs in the cache."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from benchmark.devices import COMPILE_CACHE_ENV
+    out = {"backbone": backbone}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, COMPILE_CACHE_ENV: cache, "TORCHINDUCTOR_CACHE_DIR": cache}
+        for key in ("cold", "warm"):
+            done = subprocess.run([sys.executable, "-c", _COMPILE_PROBE, backbone, str(threads)], env=env,
+                                  capture_output=True, text=True, check=True)
+            out[key] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["compile_saved_s"] = out["cold"]["first_step_s"] - out["warm"]["first_step_s"]
+    out["step_ratio_warm_to_cold"] = out["warm"]["step_s"] / out["cold"]["step_s"]
+    return out
+
+
+# -- suites: what a shipped suite costs here ---------------------------------------------------
+def suite_estimates(names: Sequence[str], results: str = "results", workers: int = 2) -> list[dict[str, Any]]:
+    """The estimate ``suite run --dry-run`` prints, for each shipped suite of ``names``: training
+    steps and evaluations from the costs the records under ``results`` measured, and the wall time
+    on ``workers`` workers."""
+    from pathlib import Path
+
+    from benchmark.suite import load_spec, plan_suite
+    from benchmark.suite.runner import estimate, measured_step_times
+    measured = measured_step_times(Path(results))
+    rows = []
+    for name in names:
+        plan = plan_suite(load_spec(name), Path(results))
+        cost = estimate(plan.runs, Path(results), measured=measured)
+        rows.append({"suite": name, "runs": len(plan.runs), "measured_runs": cost.measured,
+                     "unmeasured_runs": cost.unmeasured, "train_hours": cost.seconds / 3600,
+                     "eval_hours": cost.eval_seconds / 3600,
+                     "wall_hours": (cost.seconds + cost.eval_seconds) / 3600 / max(workers, 1),
+                     "workers": workers})
+    return rows
 
 
 def as_json(benches: Sequence[BackboneBench], info: dict) -> dict:
@@ -236,3 +555,145 @@ def to_markdown(benches: Sequence[BackboneBench], info: dict) -> str:
                          f"{m.step_q3_s * 1e3:.1f}] | {m.overhead_vs_strict:.2f}x | {ev} | {frac} |")
         lines.append("")
     return "\n".join(lines)
+
+
+#: Overhead targets against strict, per method (the design's budget for each kind of method).
+OVERHEAD_TARGETS = {"lie-anneal": 2.5, "remul": 2.2, "ace-eq": 1.3, "ace-elastic": 1.3, "rpp": 1.2,
+                    "unconstrained": 1.2}
+EVAL_TARGET = 0.15            # one evaluation, as a fraction of one epoch's training
+DATA_TARGET = 30.0            # vectorised generator against the literal loop
+SEGNN_PEER_TARGET = 5.0       # segnn (compiled) against the per-edge e3nn reference
+SUITE_TARGET_HOURS = 5.0      # the paper protocol's wall time on two workers
+MEMORY_TARGET_MB = 2048.0     # peak memory of one worker
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**missed**")
+
+
+def to_markdown(benches: Sequence[BackboneBench], info: dict, extra: dict | None = None) -> str:
+    extra = extra or {}
+    lines = ["# relaxbench bench", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch thread(s), "
+             f"torch {info['torch']}" + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU") + ".", "",
+             "Training step: forward, loss, the method's objective, backward, clipping, optimiser and the "
+             "method's after_step, at the task's standard batch; median over interleaved rounds (IQR in "
+             "brackets). Overhead: the median per-round ratio to strict's step on the same backbone. "
+             "Evaluation: one evaluation of the train loop (every variant's metric on the whole validation "
+             "split, its equivariance errors, truncation error) as a fraction of one epoch's training "
+             "steps, and the evaluations' share of a run at the task's evaluation period. Each backbone "
+             "is measured in a process of its own (its peak memory is that process's).", ""]
+    targets = []
+    for b in benches:
+        lines += [f"## {b.backbone} on {b.task} (batch {b.batch_size}, {b.steps_per_epoch} steps per epoch, "
+                  f"evaluation every {b.eval_every} epochs)", ""]
+        achieved = "—" if b.strict_flops_per_second is None else \
+            f"{b.strict_flops_per_second / 1e9:.2f} GFLOP/s ({b.strict_flops_per_second / b.matmul_flops_per_second:.0%} " \
+            f"of this process's {b.matmul_flops_per_second / 1e9:.1f} GFLOP/s matmul)"
+        lines += [f"Strict: {b.params_strict:,} parameters; {achieved}; peak memory {b.max_rss_mb:.0f} MB.", "",
+                  "| method | step (ms) | overhead vs strict | one evaluation (s) | evaluation / epoch | "
+                  "evaluations' share of a run |",
+                  "|:---|---:|---:|---:|---:|---:|"]
+        for m in b.methods:
+            ev = "—" if m.eval_s is None else f"{m.eval_s:.2f}"
+            frac = "—" if m.eval_fraction_of_epoch is None else f"{m.eval_fraction_of_epoch:.0%}"
+            share = "—" if m.eval_share_of_run is None else f"{m.eval_share_of_run:.0%}"
+            lines.append(f"| {m.method} | {m.step_median_s * 1e3:.1f} [{m.step_q1_s * 1e3:.1f}, "
+                         f"{m.step_q3_s * 1e3:.1f}] | {m.overhead_vs_strict:.2f}x | {ev} | {frac} | {share} |")
+            if m.method in OVERHEAD_TARGETS:
+                targets.append((f"{b.backbone}: {m.method} overhead <= {OVERHEAD_TARGETS[m.method]}x",
+                                f"{m.overhead_vs_strict:.2f}x", m.overhead_vs_strict <= OVERHEAD_TARGETS[m.method]))
+        fracs = [(m.eval_fraction_of_epoch, m.method) for m in b.methods if m.eval_fraction_of_epoch is not None]
+        if fracs:
+            worst, who = max(fracs)
+            targets.append((f"{b.backbone}: one evaluation <= {EVAL_TARGET:.0%} of an epoch (worst method)",
+                            f"{worst:.0%} ({who})", worst <= EVAL_TARGET))
+        targets.append((f"{b.backbone}: peak memory < {MEMORY_TARGET_MB / 1024:.0f} GB", f"{b.max_rss_mb:.0f} MB",
+                        b.max_rss_mb < MEMORY_TARGET_MB))
+        lines.append("")
+    data = extra.get("data")
+    if data:
+        lines += ["## Data: the N-body generator against the literal per-trajectory loop", "",
+                  f"{data['trajectories']} trajectories of {data['steps']} steps in one call against the "
+                  f"original's loop written literally (`benchmark/tasks/_nbody_literal.py`) on the first "
+                  f"{data['compared']}: {data['vectorised_s_per_trajectory'] * 1e3:.1f} ms against "
+                  f"{data['literal_s_per_trajectory'] * 1e3:.0f} ms per trajectory, **{data['speedup']:.0f}x**; "
+                  f"arrays {'equal bit for bit' if data['bit_identical'] else '**not equal**'}.", ""]
+        targets.append(("data generation >= 30x the per-trajectory loop, bit for bit",
+                        f"{data['speedup']:.0f}x, {'identical' if data['bit_identical'] else 'different'}",
+                        data["speedup"] >= DATA_TARGET and data["bit_identical"]))
+    peers = [p for p in extra.get("peers") or [] if p]
+    if peers:
+        lines += ["## Peers: the same network written the usual way", "",
+                  "Forward and backward of the strict network at batch 100, same weights, interleaved rounds.", "",
+                  "| backbone | reference | ours (ms) | reference (ms) | speed-up | max output difference (rel) |",
+                  "|:---|:---|---:|---:|---:|---:|"]
+        for p in peers:
+            ours = f"{p['ours_s'] * 1e3:.1f}" + (" (compiled)" if p.get("compiled") else "")
+            lines.append(f"| {p['backbone']} | {p['reference']} | {ours} | {p['reference_s'] * 1e3:.1f} | "
+                         f"{p['speedup']:.2f}x | {p['max_rel_output_difference']:.1e} |")
+            if p["backbone"] == "segnn":
+                targets.append(("segnn >= 5x the per-edge e3nn reference (ours compiled)",
+                                f"{p['speedup']:.2f}x" + ("" if p.get("compiled") else " (eager: run with --compile)"),
+                                p["speedup"] >= SEGNN_PEER_TARGET if p.get("compiled") else None))
+        lines.append("")
+    comp = extra.get("compile")
+    if comp:
+        lines += ["## Compile cache", "",
+                  f"Two fresh processes share one new compile cache ({comp['backbone']}, strict): the first "
+                  f"compiled step takes {comp['cold']['first_step_s']:.1f} s in the first (cold) and "
+                  f"{comp['warm']['first_step_s']:.1f} s in the second (warm); the compiled step afterwards "
+                  f"{comp['cold']['step_s'] * 1e3:.1f} ms and {comp['warm']['step_s'] * 1e3:.1f} ms. Runs use "
+                  "the persistent cache of `benchmark.devices.compile_cache_dir()`.", ""]
+        targets.append(("compile paid once per machine, step time unchanged",
+                        f"{comp['cold']['first_step_s']:.0f} s cold, {comp['warm']['first_step_s']:.0f} s warm; "
+                        f"step x{comp['step_ratio_warm_to_cold']:.2f}",
+                        comp["warm"]["first_step_s"] < 0.5 * comp["cold"]["first_step_s"]
+                        and comp["step_ratio_warm_to_cold"] < 1.2))
+    suites = extra.get("suites")
+    if suites:
+        lines += ["## Suites: estimated cost here", "",
+                  "From the step times and per-evaluation costs the records under `results/` measured "
+                  "(what `suite run --dry-run` prints); runs without a measurement of their kind are not counted.", "",
+                  "| suite | runs (measured) | training (CPU-h) | evaluation and the rest (CPU-h) | wall (h) |",
+                  "|:---|---:|---:|---:|---:|"]
+        for r in suites:
+            lines.append(f"| {r['suite']} | {r['runs']} ({r['measured_runs']}) | {r['train_hours']:.1f} | "
+                         f"{r['eval_hours']:.1f} | {r['wall_hours']:.1f} on {r['workers']} workers |")
+            if r["suite"] == "nbody-segnn-paper":
+                targets.append((f"paper protocol (nbody-segnn-paper) <= {SUITE_TARGET_HOURS:.0f} h on 2 workers",
+                                f"{r['wall_hours']:.1f} h", r["wall_hours"] <= SUITE_TARGET_HOURS))
+        lines.append("")
+    if targets:
+        lines += ["## Targets", "", "| target | measured | |", "|:---|:---|:---|"]
+        lines += [f"| {name} | {value} | {_met(ok)} |" for name, value, ok in targets]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmark.perf BACKBONE --methods ...``: one backbone's bench in this process,
+    printed as JSON on the last line (``relaxbench bench`` runs each backbone so)."""
+    import argparse
+    import json
+    p = argparse.ArgumentParser(prog="python -m benchmark.perf")
+    p.add_argument("backbone")
+    p.add_argument("--methods", nargs="+", default=[])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--evals", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    import sys
+    torch.set_num_threads(args.threads)
+    bench = bench_backbone(args.backbone, args.methods, rounds=args.rounds, steps_per_round=args.steps,
+                           eval_repeats=args.evals, compiled=args.compile,
+                           progress=None if args.quiet else lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps(asdict(bench)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from benchmark.cli import main
-from benchmark.perf import bench_backbone, machine, to_markdown
+from benchmark.perf import (bench_backbone, bench_data, bench_peer, from_json, machine, suite_estimates,
+                            to_markdown)
 from conftest import tiny_overrides
 
 
@@ -31,3 +32,31 @@ def test_bench_command_refuses_an_unknown_backbone_in_one_line(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "did you mean 'egnn'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b.json").exists()
+
+
+def test_data_bench_compares_the_generator_with_the_literal_loop_bit_for_bit():
+    data = bench_data(trajectories=6, literal=2, length=300)
+    assert data["bit_identical"] is True and data["compared"] == 2
+    assert data["speedup"] > 0 and data["vectorised_s_per_trajectory"] > 0
+
+
+@pytest.mark.parametrize("name", ["egnn", "segnn"])
+def test_peer_bench_runs_the_same_network_written_per_edge(name):
+    peer = bench_peer(name, rounds=1, steps=1, overrides=tiny_overrides("nbody", name), train_size=48)
+    assert peer["max_rel_output_difference"] < 1e-5          # the same network: equal outputs
+    assert peer["ours_s"] > 0 and peer["reference_s"] > 0
+
+
+def test_report_lists_every_target_met_or_missed(tmp_path):
+    bench = bench_backbone("egnn", ["ace-eq"], task="nbody", rounds=1, steps_per_round=1, eval_repeats=1,
+                           overrides=tiny_overrides("nbody", "egnn"), train_size=48)
+    bench = from_json(json.loads(json.dumps(__import__("dataclasses").asdict(bench))))   # the subprocess path
+    assert 0 < bench.methods[1].eval_share_of_run < 1
+    extra = {"data": bench_data(trajectories=4, literal=1, length=200),
+             "suites": suite_estimates(["quick"], results=str(tmp_path), workers=2)}
+    assert extra["suites"][0]["runs"] == 21 and extra["suites"][0]["measured_runs"] == 0
+    text = to_markdown([bench], machine(), extra)
+    targets = text[text.index("## Targets"):]
+    assert "egnn: ace-eq overhead <= 1.3x" in targets and "one evaluation <= 15%" in targets
+    assert "data generation >= 30x" in targets and "peak memory" in targets
+    assert all(("met" in row) or ("missed" in row) for row in targets.splitlines()[4:] if row.startswith("| "))

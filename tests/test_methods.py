@@ -288,9 +288,31 @@ def test_jvp_lie_derivative_vanishes_for_an_equivariant_linear_map():
     assert lie.abs().max().item() < 1e-12
 
 
+def test_batched_tangents_equal_one_copy_of_the_batch_per_generator(monkeypatch):
+    """The tangents batched over one primal pass (vmap) give the Lie derivatives, branch output and
+    parameter gradients of one concatenated copy of the batch per generator (the form a branch
+    with batch statistics runs), on a nonlinear branch in float64."""
+    import baselines.lie_anneal as la
+    torch.manual_seed(4)
+    branch = nn.Sequential(nn.Linear(REP_IN.dim, 7), nn.SiLU(), nn.Linear(7, REP_OUT.dim)).double()
+    layer = RelaxedLayer(branch, REP_IN, REP_OUT, "mlp")
+    x = torch.randn(5, 3, REP_IN.dim, dtype=torch.float64)
+    results = []
+    for couples in (False, True):
+        monkeypatch.setattr(la, "_couples_samples", lambda _layer, c=couples: c)
+        lie, f = lie_derivatives(layer, x, 6)
+        grads = torch.autograd.grad(lie.pow(2).sum().sqrt() + f.pow(2).sum().sqrt(), list(branch.parameters()))
+        results.append((lie, f, grads))
+    (lie_v, f_v, g_v), (lie_c, f_c, g_c) = results
+    assert lie_v.abs().max() > 1e-3
+    assert torch.allclose(lie_v, lie_c, rtol=0, atol=1e-13) and torch.allclose(f_v, f_c, rtol=0, atol=1e-13)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(g_v, g_c))
+
+
 def test_jvp_lie_derivative_skips_generators_that_act_as_zero():
     """On e3nn features without positions the translations act as zero on both sides: their rows
-    are exact zeros, the jvp runs on rotation copies only, and the rest equals the closed form."""
+    are exact zeros, the jvp runs for the rotations only (their three tangents batched over one
+    primal pass of the branch), and the rest equals the closed form."""
     from benchmark.groups._e3 import IrrepsRep
     torch.manual_seed(2)
     rep_in, rep_out = IrrepsRep("2x0e+1x1o"), IrrepsRep("1x0e+2x1o")
@@ -301,7 +323,7 @@ def test_jvp_lie_derivative_skips_generators_that_act_as_zero():
     layer.branch_output = lambda z: (rows_seen.append(z.shape[0]), branch_output(z))[1]
     x = torch.randn(4, 3, rep_in.dim, dtype=torch.float64)
     lie, f = lie_derivatives(layer, x, 6)
-    assert rows_seen == [3 * 4] and lie.shape == (6, 4, 3, rep_out.dim)
+    assert rows_seen == [4] and lie.shape == (6, 4, 3, rep_out.dim)
     assert [acts_as_zero(rep_in, k, x) for k in range(6)] == [False] * 3 + [True] * 3
     M = W.weight.detach()
     for k in range(6):
@@ -310,7 +332,7 @@ def test_jvp_lie_derivative_skips_generators_that_act_as_zero():
     assert lie[3:].abs().max() == 0 and lie[:3].abs().max() > 1e-3
     rows_seen.clear()
     every, f_every = lie_derivatives(layer, x, 6, skip_zero_generators=False)
-    assert rows_seen == [6 * 4] and torch.equal(every, lie) and torch.equal(f_every, f)
+    assert rows_seen == [4] and torch.equal(every, lie) and torch.equal(f_every, f)
     # scalars only: every generator acts as zero, no jvp at all, and f is still the branch output
     scalar_layer = RelaxedLayer(nn.Linear(2, 2).double(), IrrepsRep("2x0e"), IrrepsRep("2x0e"), "scalars")
     z = torch.randn(5, 2, dtype=torch.float64)

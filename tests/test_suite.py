@@ -392,6 +392,14 @@ def test_estimate_reads_measured_step_times_and_suite_list_names_every_suite(tmp
     import statistics
     want = sum(steps[run.run_id] * statistics.median(by_method[run.cfg.method]) for run in plan.runs)
     assert cost.seconds == pytest.approx(want)
+    # evaluations: each run's time outside its steps per evaluation, times the evaluations planned
+    rest = {}
+    for _, rec in iter_records(results):
+        per = (rec["timing"]["wall_seconds"] - rec["timing"]["train_seconds"]) / len(rec["curves"])
+        rest.setdefault(rec["method"], []).append(per)
+    evaluations = {run.run_id: -(-run.cfg.train.epochs // run.cfg.train.eval_every) for run in plan.runs}
+    assert cost.eval_seconds == pytest.approx(sum(evaluations[run.run_id] * statistics.median(rest[run.cfg.method])
+                                                  for run in plan.runs)) and cost.eval_seconds > 0
     assert main(["suite", "list", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in shipped_suites())

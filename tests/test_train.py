@@ -46,6 +46,28 @@ def test_projected_variant_is_equivariant_and_best_epoch_is_the_best(tiny_config
         assert summary["val_metric"] == vals[summary["best_epoch"]]
 
 
+def test_best_epoch_equivariance_is_the_whole_split_measurement_at_that_epoch(tiny_config, tmp_path,
+                                                                              monkeypatch):
+    """Curve rows measure the equivariance on the first samples only; the record's summaries are
+    measured once at the end, from each variant's best state, on the whole split: the same numbers
+    that measuring the whole split at every evaluation gives, and the same metrics and selection."""
+    import benchmark.train as train_module
+    cfg = tiny_config("unconstrained", epochs=6, extra=["train.eval_every=2"])
+    monkeypatch.setattr(train_module, "CURVE_EQUIVARIANCE_SUBSET", None)
+    whole, _ = train(cfg, results=tmp_path / "whole", progress=False)
+    monkeypatch.setattr(train_module, "CURVE_EQUIVARIANCE_SUBSET", 5)
+    part, _ = train(cfg, results=tmp_path / "part", progress=False)
+    assert part["variants"] == whole["variants"]
+    for variant, summary in whole["variants"].items():
+        at_best = next(row for row in whole["curves"] if row["epoch"] == summary["best_epoch"])[variant]
+        assert summary["equivariance"] == at_best["equivariance"] and at_best["equivariance_on"] == 32
+    for a, b in zip(whole["curves"], part["curves"]):
+        for variant in whole["variants"]:
+            assert a[variant]["val_metric"] == b[variant]["val_metric"]
+            assert b[variant]["equivariance_on"] == 5
+            assert b[variant]["equivariance"] != a[variant]["equivariance"]
+
+
 def test_same_seed_same_numbers(tiny_config, tmp_path):
     cfg = tiny_config("unconstrained", epochs=3)
     a, _ = train(cfg, results=tmp_path / "a", progress=False)

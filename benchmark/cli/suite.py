@@ -162,7 +162,7 @@ def cmd_suite_list(args) -> int:
         spec = load_spec(name)
         plan = plan_suite(spec, results)
         cost = estimate(plan.runs, results, measured=measured)
-        hours = f"{cost.seconds / 3600:.1f}" if cost.measured else "?"
+        hours = f"{(cost.seconds + cost.eval_seconds) / 3600:.1f}" if cost.measured else "?"
         if cost.unmeasured and cost.measured:
             hours += "+"
         rows.append((name, str(len(plan.runs)), str(plan.counts()["completed"]), hours, spec.protocol))
@@ -171,7 +171,8 @@ def cmd_suite_list(args) -> int:
     for cells in [headers] + rows:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells[:-1], widths)))
               + "  " + cells[-1])
-    print(f"CPU-h: training steps on this machine's kind of CPU, from the step times recorded under {results} "
+    print(f"CPU-h: training steps and evaluations on this machine's kind of CPU, from the step times and "
+          f"per-evaluation costs recorded under {results} "
           "('+': some runs have no measurement yet, '?': none has); `relaxbench suite run NAME --dry-run` "
           "lists a suite's runs", file=sys.stderr)
     return 0

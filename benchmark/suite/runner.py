@@ -230,25 +230,28 @@ def format_status(status: dict[Cell, Counter]) -> str:
 # -- cost ---------------------------------------------------------------------------------------
 @dataclass
 class Estimate:
-    """Training time of some runs, from the step times measured by earlier runs' records."""
+    """Training and evaluation time of some runs, from what earlier runs' records measured."""
 
-    seconds: float = 0.0              # summed over the runs that have a measurement
+    seconds: float = 0.0              # training steps, summed over the runs that have a measurement
     measured: int = 0                 # runs with a measured step time of their kind
     unmeasured: int = 0               # runs without one (not counted in ``seconds``)
     records: int = 0                  # records the step times come from
+    eval_seconds: float = 0.0         # evaluations (and the rest of a run outside its steps)
 
     def describe(self, workers: int = 1) -> str:
         if not self.measured:
             return "no estimate (no record of these backbones and methods has a measured step time yet)"
-        hours = self.seconds / 3600
-        text = f"about {hours:.1f} CPU-hours of training steps" if hours >= 0.1 else \
-            f"about {self.seconds / 60:.0f} CPU-minutes of training steps"
+        total = self.seconds + self.eval_seconds
+        hours = total / 3600
+        text = f"about {hours:.1f} CPU-hours" if hours >= 0.1 else f"about {total / 60:.0f} CPU-minutes"
+        text += f" ({self.seconds / 3600:.1f} h of training steps, {self.eval_seconds / 3600:.1f} h of " \
+                "evaluation and the rest of a run)"
         if workers > 1:
-            text += f" (about {self.seconds / 3600 / workers:.1f} h on {workers} workers)"
-        text += f", from the median step times of {self.records} records"
+            text += f", about {hours / workers:.1f} h on {workers} workers"
+        text += f", from the median step times and per-evaluation costs of {self.records} records"
         if self.unmeasured:
             text += f"; {self.unmeasured} runs have no measurement and are not counted"
-        return text + "; evaluation and compilation come on top"
+        return text + "; compilation comes on top"
 
 
 def measured_step_times(results: Path, *, device: str = "cpu") -> tuple[dict[tuple, list[float]], int]:
@@ -273,13 +276,21 @@ def measured_step_times(results: Path, *, device: str = "cpu") -> tuple[dict[tup
         records += 1
         key = (rec["task"], rec["backbone"], rec["method"], rec["config"]["resolved"].get("model_cfg", {}).get("hidden"))
         times.setdefault(key, []).append(step)
+        # the run's time outside its training steps, per evaluation (the last one carries the test
+        # pass and the setting up); kept under the key with an "eval" tag
+        timing, n_evals = rec["timing"], len(rec.get("curves") or [])
+        if n_evals and timing.get("wall_seconds") and timing.get("train_seconds") is not None:
+            rest = max(timing["wall_seconds"] - timing["train_seconds"], 0.0) / n_evals
+            times.setdefault(("eval",) + key, []).append(rest)
     return times, records
 
 
 def estimate(runs: list[PlannedRun], results: Path, *, device: str = "cpu",
              measured: tuple[dict[tuple, list[float]], int] | None = None) -> Estimate:
-    """Training-step time of ``runs``: each run's steps times the median step time that completed
-    records of the same task, backbone, method and width measured on ``device``. ``measured``:
+    """Time of ``runs``: each run's steps times the median step time that completed records of the
+    same task, backbone, method and width measured on ``device``, plus its evaluations times their
+    median cost per evaluation in those records (the run's wall time outside its steps, divided by
+    its evaluations). ``measured``:
     :func:`measured_step_times` read once for several estimates."""
     import statistics
     times, records = measured if measured is not None else measured_step_times(results, device=device)
@@ -290,7 +301,11 @@ def estimate(runs: list[PlannedRun], results: Path, *, device: str = "cpu",
         if key not in times:
             out.unmeasured += 1
             continue
-        steps = cfg.train.epochs * -(-cfg.train_size // cfg.train.batch_size)
-        out.seconds += steps * statistics.median(times[key])
+        per_epoch = cfg.train_size // cfg.train.batch_size if cfg.train.drop_last \
+            else -(-cfg.train_size // cfg.train.batch_size)
+        out.seconds += cfg.train.epochs * max(per_epoch, 1) * statistics.median(times[key])
         out.measured += 1
+        if ("eval",) + key in times:
+            evaluations = -(-cfg.train.epochs // cfg.train.eval_every)
+            out.eval_seconds += evaluations * statistics.median(times[("eval",) + key])
     return out

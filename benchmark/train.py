@@ -309,6 +309,9 @@ def _finish_variants(built: Built, state: _State) -> dict:
                                      equivariance_samples=tc.equivariance_samples, seed=built.cfg.seed)
             variants[variant] = {**state.best[variant], "equivariance": valid["equivariance"],
                                  "test_metric": test["metric"], "params": variant_parameters(model, variant)}
+            breakdown = built.task.test_breakdown(test["pred"], built.task.split("test"))
+            if breakdown:
+                variants[variant]["test_breakdown"] = breakdown
     finally:
         model.load_state_dict(current)
     return variants

@@ -385,6 +385,17 @@ def test_metric_is_the_error_in_percent_and_logits_are_invariant():
     assert torch.equal(task.target(batch).argmax(-1), batch.labels)
 
 
+def test_test_breakdown_counts_each_digit_and_the_six_nine_confusions():
+    task = _task()
+    labels = torch.tensor([6, 6, 6, 6, 9, 9, 1])
+    predicted = torch.tensor([6, 9, 9, 0, 6, 9, 1])          # 6s: two as 9, one as 0; 9s: one as 6
+    logits = torch.nn.functional.one_hot(predicted, 10).double()
+    out = task.test_breakdown(logits, ImageBatch(torch.zeros(7, 1, 28, 28), labels))
+    assert out["six_as_nine"] == 50.0 and out["nine_as_six"] == 50.0
+    assert out["per_class_error"][6] == 75.0 and out["per_class_error"][9] == 50.0
+    assert out["per_class_error"][1] == 0.0 and out["per_class_error"][0] is None   # no 0 in the batch
+
+
 @pytest.mark.parametrize("backbone, overrides, words", [
     ("p4m-cnn", ["task.max_angle=200"], r"task\.max_angle=200\.0: must be <= 180"),
     ("p4m-cnn", ["model.kernel=4"], r"model\.kernel=4: must be odd"),
@@ -504,6 +515,11 @@ def test_lie_anneal_finite_difference_defect_vanishes_exactly_for_an_equivariant
     assert defect.abs().max() < 1e-12
 
 
+def _test_labels(cfg):
+    from benchmark.train import build
+    return build(cfg).task.split("test").labels
+
+
 @pytest.mark.parametrize("method", METHODS.list())
 def test_every_method_trains_and_its_projected_variant_is_invariant(method, tmp_path):
     cfg = resolve("rotmnist", "p4m-cnn", method, train_size=32, epochs=2,
@@ -513,5 +529,10 @@ def test_every_method_trains_and_its_projected_variant_is_invariant(method, tmp_
     assert set(record["variants"]) == set(METHODS.get(method).obj.variants)
     for variant, summary in record["variants"].items():
         assert 0 <= summary["test_metric"] <= 100
+        # the per-digit errors weighted by the digits' counts give back the test error
+        counts = torch.bincount(_test_labels(cfg), minlength=10).tolist()
+        errors = summary["test_breakdown"]["per_class_error"]
+        weighted = sum(e * n for e, n in zip(errors, counts) if n) / sum(counts)
+        assert weighted == pytest.approx(summary["test_metric"], abs=1e-4)
         if variant == "projected":
             assert summary["equivariance"]["rel"] < 1e-5, (variant, summary["equivariance"])

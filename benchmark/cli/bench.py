@@ -39,7 +39,7 @@ def cmd_bench(args) -> int:
 
     from benchmark.fileio import write_text_atomic
     from benchmark.perf import (as_json, bench_compile_cache, bench_data, bench_peer, from_json, machine,
-                                suite_estimates, to_markdown)
+                                suite_estimates, to_markdown, worker_memory)
     from benchmark.record import write_json_atomic
     from benchmark.registry import BACKBONES, METHODS, UnknownNameError
     if args.threads < 1:
@@ -69,7 +69,11 @@ def cmd_bench(args) -> int:
             print(f"relaxbench bench: {name} skipped: {exc}", file=sys.stderr)
             continue
         try:
-            benches.append(from_json(_backbone_in_own_process(name, chosen, args, rounds, steps, evals)))
+            bench = from_json(_backbone_in_own_process(name, chosen, args, rounds, steps, evals))
+            slowest = max(bench.methods, key=lambda m: m.step_median_s).method
+            say(f"{name}: peak memory of a worker ({slowest})")
+            bench.worker_rss_mb, bench.worker_method = worker_memory(name, slowest, args.threads), slowest
+            benches.append(bench)
         except RuntimeError as exc:                     # an optional dependency (escnn) not installed, ...
             print(f"relaxbench bench: {name} skipped: {exc}", file=sys.stderr)
     extra: dict = {}
@@ -77,7 +81,7 @@ def cmd_bench(args) -> int:
         say("data: the generator against the literal loop")
         extra["data"] = bench_data(256 if args.quick else 1024, 4 if args.quick else 10)
         say("peers: egnn and segnn against the same networks written per edge")
-        extra["peers"] = [bench_peer(name, rounds=rounds + 2, compiled=args.compile)
+        extra["peers"] = [bench_peer(name, rounds=rounds + 2, compiled=True)
                           for name in ("egnn", "segnn") if name in backbones]
         say("compile cache: two fresh processes, one new cache")
         extra["compile"] = bench_compile_cache("egnn", threads=args.threads)

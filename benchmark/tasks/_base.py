@@ -209,6 +209,12 @@ class Task:
         """The task metric of each sample, shape (B,); the split's metric is their mean."""
         raise NotImplementedError
 
+    def test_breakdown(self, pred: torch.Tensor, batch: Any) -> dict[str, Any] | None:
+        """Further quantities of a variant's test predictions that the record keeps beside its test
+        metric (``variants.<name>.test_breakdown``), e.g. a classifier's per-class errors; ``None``
+        (the default) keeps none."""
+        return None
+
     def output_error(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Per-sample norm of the difference of two outputs, shape (B,) (for equivariance errors)."""
         return (a - b).flatten(1).norm(dim=1)

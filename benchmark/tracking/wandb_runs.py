@@ -93,6 +93,9 @@ def _summary(record: dict) -> dict[str, Any]:
             out[f"{prefix}/best_epoch"] = var.get("best_epoch")
             for kind, v in (var.get("equivariance") or {}).items():
                 out[f"{prefix}/equivariance_{kind}"] = v
+            for kind, v in (var.get("test_breakdown") or {}).items():     # a task's further test numbers
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{prefix}/test_{kind}"] = v
     for key, value in (record.get("diagnostics") or {}).items():
         if key == "layers":
             continue

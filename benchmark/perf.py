@@ -36,7 +36,7 @@ __all__ = ["worker_memory", "machine", "matmul_flops", "bench_backbone", "Backbo
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, torch threads, torch version and GPU (if any) of this process."""
+    """CPU model, cores, torch threads, torch version, GPU (if any) and the 1-minute load average."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -46,7 +46,11 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    try:
+        load = round(os.getloadavg()[0], 2)          # other work on the machine while measuring
+    except OSError:
+        load = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average_1min": load,
             "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -590,7 +594,9 @@ def as_json(benches: Sequence[BackboneBench], info: dict) -> dict:
 def to_markdown(benches: Sequence[BackboneBench], info: dict) -> str:
     lines = ["# relaxbench bench", "",
              f"Machine: {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch thread(s), "
-             f"torch {info['torch']}" + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU") + ".", "",
+             f"torch {info['torch']}" + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU")
+             + (f"; load average {info['load_average_1min']} when the report was written"
+                if info.get("load_average_1min") is not None else "") + ".", "",
              "Training step: forward, loss, the method's objective, backward, clipping, optimiser and the "
              "method's after_step, at the task's standard batch; median over interleaved rounds (IQR in "
              "brackets). Overhead: the median per-round ratio to strict's step on the same backbone. "
@@ -631,7 +637,9 @@ def to_markdown(benches: Sequence[BackboneBench], info: dict, extra: dict | None
     extra = extra or {}
     lines = ["# relaxbench bench", "",
              f"Machine: {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch thread(s), "
-             f"torch {info['torch']}" + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU") + ".", "",
+             f"torch {info['torch']}" + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU")
+             + (f"; load average {info['load_average_1min']} when the report was written"
+                if info.get("load_average_1min") is not None else "") + ".", "",
              "Training step: forward, loss, the method's objective, backward, clipping, optimiser and the "
              "method's after_step, at the task's standard batch; median over interleaved rounds (IQR in "
              "brackets). Overhead: the median per-round ratio to strict's step on the same backbone. "

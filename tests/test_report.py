@@ -204,6 +204,19 @@ def test_tables_render_markdown_latex_and_csv():
     assert csv.set_index("method").loc["ace-elastic", "verdict"] == "win"
 
 
+def test_a_tasks_further_test_numbers_become_columns_with_their_mean_and_sd():
+    recs = three_methods()
+    for rec, confusion in zip(recs, [1.0, 2.0, 3.0, 10.0, 20.0, 30.0, 4.0, 4.0, 4.0]):
+        for var in rec["variants"].values():
+            var["test_breakdown"] = {"six_as_nine": confusion, "per_class_error": [0.0] * 10}
+    md = suite_report(collection(recs), "s").markdown
+    assert "| method | variant | mse ↓ | six as nine (test) | equivariance error (rel) ↓ |" in md
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 2.00 ± 1.0 |" in lines["strict"] and "| 20.0 ± 10 |" in lines["unconstrained"]
+    # records without them: no such column
+    assert "six as nine" not in suite_report(collection(three_methods()), "s").markdown
+
+
 def test_higher_is_better_metric_gets_an_up_arrow_and_best_is_the_largest():
     recs = [make_record("strict", s, v, higher=True) for s, v in enumerate([0.8, 0.82])]
     recs += [make_record("unconstrained", s, v, higher=True) for s, v in enumerate([0.9, 0.91])]

@@ -313,6 +313,9 @@ def runs_frame(col: Collection) -> pd.DataFrame:
                 "record": str(path) if path is not None else None,
                 # under each further group of the task (e.g. rotations about the vertical axis)
                 **{f"equivariance_{k}": _num(v) for k, v in equivariance_items(eq).items() if "." in k},
+                # a task's further test numbers (rotmnist: 6 read as 9, ...), one column each
+                **{f"breakdown_{k}": _num(v) for k, v in ((var or {}).get("test_breakdown") or {}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)},
             })
     columns = ["suite", "task", "backbone", "method", "train_size", "variant", "seed", "status", "headline",
                "metric", "higher_is_better", "metric_scale", "test_metric", "val_metric", "best_epoch",
@@ -361,6 +364,9 @@ def summarize(runs: pd.DataFrame, col: Collection | None = None) -> pd.DataFrame
             "median_step_seconds": float(np.nanmedian(done.median_step_seconds)) if
             done.median_step_seconds.notna().any() else math.nan,
         })
+        for column in (c for c in grp.columns if c.startswith("breakdown_")):
+            values = describe(done[column].to_numpy(dtype=float))
+            row[f"{column}_mean"], row[f"{column}_std"] = values["mean"], values["std"]
         out.append(row)
     return pd.DataFrame(out)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from benchmark.report.stats import compare
@@ -128,7 +129,11 @@ def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bo
     metric = f"{first.metric or 'metric'}{_scale_label(scale)} {'↑' if higher else '↓'}"
     published = getattr(info, "published", None)
     paper = ["paper", "paper in 95% CI"] if published is not None else []
+    # a task's further test numbers, where its records carry them (mean ± sd over the same seeds)
+    further = [c[:-len("_mean")] for c in shown.columns if c.startswith("breakdown_") and c.endswith("_mean")
+               and np.isfinite(shown[c].to_numpy(dtype=float)).any()]
     headers = (["rank"] if leaderboard else []) + ["method", "variant", metric] + paper + \
+        [f"{c[len('breakdown_'):].replace('_', ' ')} (test)" for c in further] + \
         ["equivariance error (rel) ↓", "params", "runs"]
     if leaderboard:
         headers.append(f"vs {ref} (p, Holm)")
@@ -142,14 +147,17 @@ def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bo
         verdict = verdicts.get(row.method, {}) if row.headline else {}
         mark = MARKS.get(verdict.get("verdict"), "")
         paper_cells, paper_record = _published_cells(row, published, scale) if paper else ([], {})
-        cells = [row.method, row.variant, fmt_pm(row.mean / scale, row.std / scale)] + paper_cells + [
+        further_cells = [fmt_pm(getattr(row, f"{c}_mean"), getattr(row, f"{c}_std")) for c in further]
+        cells = [row.method, row.variant, fmt_pm(row.mean / scale, row.std / scale)] + paper_cells + \
+            further_cells + [
                  fmt_pm(row.equivariance_rel_mean, row.equivariance_rel_std),
                  f"{int(row.params):,}" if row.params is not None and row.params == row.params else "—",
                  _runs_text(row)]
-        flags = [False, False, best_metric is not None and row.mean == best_metric] + [False] * len(paper_cells) + [
+        flags = [False, False, best_metric is not None and row.mean == best_metric] + \
+            [False] * (len(paper_cells) + len(further_cells)) + [
                  best_eq is not None and row.equivariance_rel_mean == best_eq,
                  best_params is not None and row.params is not None and float(row.params) == best_params, False]
-        row_marks = ["", "", mark] + [""] * len(paper_cells) + ["", "", ""]
+        row_marks = ["", "", mark] + [""] * (len(paper_cells) + len(further_cells)) + ["", "", ""]
         if leaderboard:
             rank = rank + 1 if math.isfinite(row.mean) else rank
             cells = [str(rank) if math.isfinite(row.mean) else "—"] + cells
@@ -168,7 +176,8 @@ def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bo
                                                          "n_diverged", "n_failed", "n_planned", "seeds")},
                         "rank": rank if leaderboard and math.isfinite(row.mean) else None,
                         "test": test, "statistic": verdict.get("statistic"), "p": verdict.get("p"),
-                        "p_holm": verdict.get("p_holm"), "verdict": verdict.get("verdict"), **paper_record})
+                        "p_holm": verdict.get("p_holm"), "verdict": verdict.get("verdict"), **paper_record,
+                        **{f"{c}_{k}": getattr(row, f"{c}_{k}") for c in further for k in ("mean", "std")}})
     title = f"{key[1]} / {key[2]}, {key[3]} training samples ({info.name})"
     frame = pd.DataFrame(records)
     return Table(title, dict(zip(("suite", "task", "backbone", "train_size"), key)), headers, numeric, rows, bold,

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 __all__ = ["worker_memory", "machine", "matmul_flops", "bench_backbone", "BackboneBench", "MethodTiming", "to_markdown",
-           "default_task", "bench_data", "bench_peer", "bench_compile_cache", "suite_estimates", "from_json",
+           "default_task", "bench_workers", "bench_data", "bench_peer", "bench_compile_cache", "suite_estimates", "from_json",
            "OVERHEAD_TARGETS"]
 
 
@@ -377,6 +377,29 @@ def bench_compile_cache(backbone: str = "egnn", threads: int = 1) -> dict[str, A
     return out
 
 
+# -- workers: throughput of one against two ---------------------------------------------------
+def bench_workers(suite: str = "quick", only: Sequence[str] = ("method=strict,unconstrained", "seed=0,1"),
+                  workers: int = 2) -> dict[str, Any]:
+    """Wall time of a part of a shipped suite (``only``) run by ``suite run`` with one worker and
+    with ``workers`` workers (one torch thread each), each into a fresh results folder, after a
+    first pass that prepares the data; the throughput ratio is one worker's time over theirs."""
+    import subprocess
+    import sys
+    import tempfile
+    base = [sys.executable, "-m", "benchmark", "suite", "run", suite, "--threads", "1", "--quiet", "--no-figures"]
+    for item in only:
+        base += ["--only", item]
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, n in (("prepare", 1), ("many", workers), ("one", 1)):
+            t = time.perf_counter()
+            subprocess.run(base + ["--results", os.path.join(tmp, key), "--workers", str(n)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times[key] = time.perf_counter() - t
+    return {"suite": suite, "only": list(only), "workers": workers, "one_worker_s": times["one"],
+            "many_workers_s": times["many"], "throughput_ratio": times["one"] / times["many"]}
+
+
 # -- suites: what a shipped suite costs here ---------------------------------------------------
 def suite_estimates(names: Sequence[str], results: str = "results", workers: int = 2) -> list[dict[str, Any]]:
     """The estimate ``suite run --dry-run`` prints, for each shipped suite of ``names``: training
@@ -416,6 +439,7 @@ DATA_TARGET = 30.0            # vectorised generator against the literal loop
 SEGNN_PEER_TARGET = 5.0       # segnn (compiled) against the per-edge e3nn reference
 SUITE_TARGET_HOURS = 5.0      # the paper protocol's wall time on two workers
 MEMORY_TARGET_MB = 2048.0     # peak memory of one worker
+WORKERS_TARGET = 1.7          # two workers against one, on the quick suite
 
 
 def _met(ok: bool | None) -> str:
@@ -510,6 +534,15 @@ def to_markdown(benches: Sequence[BackboneBench], info: dict, extra: dict | None
                         f"step x{comp['step_ratio_warm_to_cold']:.2f}",
                         comp["warm"]["first_step_s"] < 0.5 * comp["cold"]["first_step_s"]
                         and comp["step_ratio_warm_to_cold"] < 1.2))
+    work = extra.get("workers")
+    if work:
+        lines += ["## Workers", "",
+                  f"`suite run {work['suite']}` on the part {' '.join('--only ' + o for o in work['only'])}, one "
+                  f"torch thread per worker, into fresh results folders (data prepared beforehand): "
+                  f"{work['one_worker_s']:.0f} s with one worker, {work['many_workers_s']:.0f} s with "
+                  f"{work['workers']}: **{work['throughput_ratio']:.2f}x** the throughput.", ""]
+        targets.append((f"{work['workers']} workers >= 1.7x the throughput of one ({work['suite']})",
+                        f"{work['throughput_ratio']:.2f}x", work["throughput_ratio"] >= WORKERS_TARGET))
     suites = extra.get("suites")
     if suites:
         lines += ["## Suites: estimated cost here", "",

@@ -54,11 +54,14 @@ def test_report_lists_every_target_met_or_missed(tmp_path):
     assert 0 < bench.methods[1].eval_share_of_run < 1
     bench.worker_rss_mb, bench.worker_method = 3000.0, "ace-eq"       # what the command measures per backbone
     extra = {"data": bench_data(trajectories=4, literal=1, length=200),
-             "suites": suite_estimates(["quick"], results=str(tmp_path), workers=2)}
+             "suites": suite_estimates(["quick"], results=str(tmp_path), workers=2),
+             "workers": {"suite": "quick", "only": ["seed=0"], "workers": 2, "one_worker_s": 90.0,
+                         "many_workers_s": 60.0, "throughput_ratio": 1.5}}
     assert extra["suites"][0]["runs"] == 21 and extra["suites"][0]["measured_runs"] == 0
     text = to_markdown([bench], machine(), extra)
     targets = text[text.index("## Targets"):]
     assert "egnn: ace-eq overhead <= 1.3x" in targets and "one evaluation <= 15%" in targets
     assert "data generation >= 30x" in targets
+    assert "| 2 workers >= 1.7x the throughput of one (quick) | 1.50x | **missed** |" in targets
     assert "| egnn: peak memory of a worker < 2 GB | 3000 MB (ace-eq) | **missed** |" in targets
     assert all(("met" in row) or ("missed" in row) for row in targets.splitlines()[4:] if row.startswith("| "))

@@ -39,7 +39,7 @@ def cmd_bench(args) -> int:
 
     from benchmark.fileio import write_text_atomic
     from benchmark.perf import (as_json, bench_compile_cache, bench_data, bench_peer, from_json, machine,
-                                suite_estimates, to_markdown, worker_memory)
+                                suite_estimates, to_markdown, worker_memory, bench_workers)
     from benchmark.record import write_json_atomic
     from benchmark.registry import BACKBONES, METHODS, UnknownNameError
     if args.threads < 1:
@@ -85,6 +85,9 @@ def cmd_bench(args) -> int:
                           for name in ("egnn", "segnn") if name in backbones]
         say("compile cache: two fresh processes, one new cache")
         extra["compile"] = bench_compile_cache("egnn", threads=args.threads)
+        if args.workers_check:
+            say("workers: a part of the quick suite with one worker and with two")
+            extra["workers"] = bench_workers()
         extra["suites"] = suite_estimates(REPORTED_SUITES, results=args.results, workers=2)
     info = machine()
     write_json_atomic(out.with_suffix(".json"), {**as_json(benches, info), **extra})
@@ -106,6 +109,8 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--no-extras", action="store_true", help="backbones and methods only: no data, peers, compile "
                    "cache or suite estimates (default: False)")
+    p.add_argument("--workers-check", action="store_true", help="also time a part of the quick suite with one "
+                   "worker and with two (about 4 minutes; needs an otherwise idle machine) (default: False)")
     p.add_argument("--results", default="results", help="records the suite estimates read (default: results)")
     p.add_argument("--out", default="results/perf/bench", help="JSON and Markdown files, suffixes added "
                    "(default: results/perf/bench)")

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 __all__ = ["worker_memory", "machine", "matmul_flops", "bench_backbone", "BackboneBench", "MethodTiming", "to_markdown",
-           "default_task", "bench_workers", "bench_data", "bench_peer", "bench_compile_cache", "suite_estimates", "from_json",
+           "default_task", "bench_egnn_pytorch", "bench_workers", "bench_data", "bench_peer", "bench_compile_cache", "suite_estimates", "from_json",
            "OVERHEAD_TARGETS"]
 
 
@@ -314,6 +314,48 @@ def bench_peer(name: str, rounds: int = 5, steps: int = 3, compiled: bool = Fals
     return out
 
 
+def bench_egnn_pytorch(rounds: int = 5, steps: int = 3, overrides: Sequence[str] = (),
+                       train_size: int | None = None) -> dict[str, Any] | None:
+    """Forward and backward of the strict ``egnn`` against the ``egnn-pytorch`` package (the
+    ``bench`` extra) at matched width, depth, graph and batch: 4 of its ``EGNN`` layers of width
+    64 (message width 64) on the same fully connected 5-node graphs with the same edge attributes,
+    features embedded from ``|v|`` as ours. The two are not the same function (its layers have no
+    velocity term and their own MLP widths), so only the times are compared. ``None`` when the
+    package is not installed."""
+    try:
+        from egnn_pytorch import EGNN as PeerLayer
+    except ImportError:
+        return None
+    from benchmark.experiment import resolve
+    from benchmark.train import build
+    mine = [o for o in overrides if o.split("=", 1)[0].strip() != "train.compile"] + ["train.compile=off"]
+    cfg = resolve("nbody", "egnn", "strict", overrides=mine, train_size=train_size)
+    built = build(cfg)
+    batch = built.task.split("train").index(slice(0, cfg.train.batch_size))
+    width, depth = cfg.model_cfg.hidden, cfg.model_cfg.layers
+    edge_dim = batch.edge_attr.shape[-1]
+    embed = torch.nn.Linear(1, width)
+    layers = torch.nn.ModuleList(PeerLayer(dim=width, edge_dim=edge_dim, m_dim=width) for _ in range(depth))
+
+    def peer(b):
+        h, x = embed(b.vel.norm(dim=-1, keepdim=True)), b.pos
+        for layer in layers:
+            h, x = layer(h, x, edges=b.edge_attr)
+        return x
+    runs = {"ours": _train_pass(built.model, batch), "peer": _train_pass(peer, batch)}
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            times[key].append(statistics.median(run() for _ in range(steps)))
+    ours_s, peer_s = statistics.median(times["ours"]), statistics.median(times["peer"])
+    return {"backbone": "egnn", "peer": f"egnn-pytorch, {depth} EGNN layers of width {width}",
+            "batch": cfg.train.batch_size, "ours_s": ours_s, "peer_s": peer_s, "speedup": peer_s / ours_s,
+            "ours_params": built.model.num_parameters(),
+            "peer_params": sum(p.numel() for p in [*embed.parameters(), *layers.parameters()])}
+
+
 # -- compile: cold against warm cache ---------------------------------------------------------
 _COMPILE_PROBE = r"""
 import json, statistics, sys, time, torch
@@ -521,6 +563,13 @@ def to_markdown(benches: Sequence[BackboneBench], info: dict, extra: dict | None
                                 f"{best:.2f}x" + ("" if "speedup_compiled" in p else " (eager only)"),
                                 best >= SEGNN_PEER_TARGET if "speedup_compiled" in p else None))
         lines.append("")
+    outside = extra.get("egnn_pytorch")
+    if outside:
+        lines += ["## egnn against egnn-pytorch", "",
+                  f"Forward and backward at batch {outside['batch']}, matched width, depth and graph "
+                  f"({outside['peer']}; {outside['peer_params']:,} parameters against our "
+                  f"{outside['ours_params']:,}; not the same function): {outside['peer_s'] * 1e3:.1f} ms against "
+                  f"our {outside['ours_s'] * 1e3:.1f} ms eager, **{outside['speedup']:.2f}x**.", ""]
     comp = extra.get("compile")
     if comp:
         lines += ["## Compile cache", "",

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from benchmark.cli import main
-from benchmark.perf import (bench_backbone, bench_data, bench_peer, from_json, machine, suite_estimates,
+from benchmark.perf import (bench_backbone, bench_data, bench_egnn_pytorch, bench_peer, from_json, machine, suite_estimates,
                             to_markdown)
 from conftest import tiny_overrides
 
@@ -65,3 +65,10 @@ def test_report_lists_every_target_met_or_missed(tmp_path):
     assert "| 2 workers >= 1.7x the throughput of one (quick) | 1.50x | **missed** |" in targets
     assert "| egnn: peak memory of a worker < 2 GB | 3000 MB (ace-eq) | **missed** |" in targets
     assert all(("met" in row) or ("missed" in row) for row in targets.splitlines()[4:] if row.startswith("| "))
+
+
+def test_egnn_pytorch_comparison_runs_at_matched_width_and_depth():
+    pytest.importorskip("egnn_pytorch")
+    out = bench_egnn_pytorch(rounds=1, steps=1, overrides=tiny_overrides("nbody", "egnn"), train_size=48)
+    assert out["peer"] == "egnn-pytorch, 2 EGNN layers of width 16" and out["batch"] == 16
+    assert out["ours_s"] > 0 and out["peer_s"] > 0 and out["peer_params"] > 0

@@ -39,7 +39,7 @@ def cmd_bench(args) -> int:
 
     from benchmark.fileio import write_text_atomic
     from benchmark.perf import (as_json, bench_compile_cache, bench_data, bench_peer, from_json, machine,
-                                suite_estimates, to_markdown, worker_memory, bench_workers)
+                                suite_estimates, to_markdown, worker_memory, bench_workers, bench_egnn_pytorch)
     from benchmark.record import write_json_atomic
     from benchmark.registry import BACKBONES, METHODS, UnknownNameError
     if args.threads < 1:
@@ -83,6 +83,10 @@ def cmd_bench(args) -> int:
         say("peers: egnn and segnn against the same networks written per edge")
         extra["peers"] = [bench_peer(name, rounds=rounds + 2, compiled=True)
                           for name in ("egnn", "segnn") if name in backbones]
+        if "egnn" in backbones:
+            extra["egnn_pytorch"] = bench_egnn_pytorch(rounds=rounds + 2)
+            if extra["egnn_pytorch"] is None:
+                say("egnn-pytorch is not installed (pip install -e '.[bench]'): no comparison with it")
         say("compile cache: two fresh processes, one new cache")
         extra["compile"] = bench_compile_cache("egnn", threads=args.threads)
         if args.workers_check:

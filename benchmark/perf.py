@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 __all__ = ["worker_memory", "machine", "matmul_flops", "bench_backbone", "BackboneBench", "MethodTiming", "to_markdown",
-           "default_task", "bench_egnn_pytorch", "bench_workers", "bench_data", "bench_peer", "bench_compile_cache", "suite_estimates", "from_json",
+           "default_task", "bench_egnn_pytorch", "bench_workers", "bench_data", "bench_peer", "bench_compile_cache", "from_json",
            "OVERHEAD_TARGETS"]
 
 
@@ -440,28 +440,6 @@ def bench_workers(suite: str = "quick", only: Sequence[str] = ("method=strict,un
             times[key] = time.perf_counter() - t
     return {"suite": suite, "only": list(only), "workers": workers, "one_worker_s": times["one"],
             "many_workers_s": times["many"], "throughput_ratio": times["one"] / times["many"]}
-
-
-# -- suites: what a shipped suite costs here ---------------------------------------------------
-def suite_estimates(names: Sequence[str], results: str = "results", workers: int = 2) -> list[dict[str, Any]]:
-    """The estimate ``suite run --dry-run`` prints, for each shipped suite of ``names``: training
-    steps and evaluations from the costs the records under ``results`` measured, and the wall time
-    on ``workers`` workers."""
-    from pathlib import Path
-
-    from benchmark.suite import load_spec, plan_suite
-    from benchmark.suite.runner import estimate, measured_step_times
-    measured = measured_step_times(Path(results))
-    rows = []
-    for name in names:
-        plan = plan_suite(load_spec(name), Path(results))
-        cost = estimate(plan.runs, Path(results), measured=measured)
-        rows.append({"suite": name, "runs": len(plan.runs), "measured_runs": cost.measured,
-                     "unmeasured_runs": cost.unmeasured, "train_hours": cost.seconds / 3600,
-                     "eval_hours": cost.eval_seconds / 3600,
-                     "wall_hours": (cost.seconds + cost.eval_seconds) / 3600 / max(workers, 1),
-                     "workers": workers})
-    return rows
 
 
 def from_json(data: dict) -> BackboneBench:

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from benchmark.cli import main
-from benchmark.perf import (bench_backbone, bench_data, bench_egnn_pytorch, bench_peer, from_json, machine, suite_estimates,
+from benchmark.cli.bench import suite_estimates
+from benchmark.perf import (bench_backbone, bench_data, bench_egnn_pytorch, bench_peer, from_json, machine,
                             to_markdown)
 from conftest import tiny_overrides
 

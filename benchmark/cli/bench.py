@@ -9,14 +9,36 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 from benchmark.config import ConfigError
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "suite_estimates"]
 
 #: The suites whose estimated cost the report shows (the paper protocol's among them).
 REPORTED_SUITES = ("quick", "nbody-methods", "nbody-segnn-paper", "nbody-ace-paper", "mocap-run", "partial-symmetry",
                    "images")
+
+
+def suite_estimates(names: Sequence[str], results: str = "results", workers: int = 2) -> list[dict[str, Any]]:
+    """The estimate ``suite run --dry-run`` prints, for each shipped suite of ``names``: training
+    steps and evaluations from the costs the records under ``results`` measured, and the wall time
+    on ``workers`` workers."""
+    from pathlib import Path
+
+    from benchmark.suite import load_spec, plan_suite
+    from benchmark.suite.runner import estimate, measured_step_times
+    measured = measured_step_times(Path(results))
+    rows = []
+    for name in names:
+        plan = plan_suite(load_spec(name), Path(results))
+        cost = estimate(plan.runs, Path(results), measured=measured)
+        rows.append({"suite": name, "runs": len(plan.runs), "measured_runs": cost.measured,
+                     "unmeasured_runs": cost.unmeasured, "train_hours": cost.seconds / 3600,
+                     "eval_hours": cost.eval_seconds / 3600,
+                     "wall_hours": (cost.seconds + cost.eval_seconds) / 3600 / max(workers, 1),
+                     "workers": workers})
+    return rows
 
 
 def _backbone_in_own_process(name: str, methods: list[str], args, rounds: int, steps: int, evals: int) -> dict:
@@ -39,7 +61,7 @@ def cmd_bench(args) -> int:
 
     from benchmark.fileio import write_text_atomic
     from benchmark.perf import (as_json, bench_compile_cache, bench_data, bench_peer, from_json, machine,
-                                suite_estimates, to_markdown, worker_memory, bench_workers, bench_egnn_pytorch)
+                                to_markdown, worker_memory, bench_workers, bench_egnn_pytorch)
     from benchmark.record import write_json_atomic
     from benchmark.registry import BACKBONES, METHODS, UnknownNameError
     if args.threads < 1:

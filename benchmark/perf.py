@@ -256,6 +256,19 @@ def _train_pass(forward, batch) -> Callable[[], float]:
     return run
 
 
+def _interleaved_medians(runs: dict[str, Callable[[], float]], rounds: int, steps: int) -> dict[str, float]:
+    """Each closure of ``runs`` once as a warm-up, then ``rounds`` rounds in which every closure runs
+    ``steps`` times in turn (machine load hits all alike): the median over rounds of each round's
+    median seconds."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            times[key].append(statistics.median(run() for _ in range(steps)))
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
 def bench_peer(name: str, rounds: int = 5, steps: int = 3, compiled: bool = False,
                overrides: Sequence[str] = (), train_size: int | None = None) -> dict[str, Any] | None:
     """Forward and backward (batch 100 of the N-body task, the strict network, same weights) of
@@ -299,17 +312,12 @@ def bench_peer(name: str, rounds: int = 5, steps: int = 3, compiled: bool = Fals
     if compiled:
         from benchmark.devices import compile_model
         runs["ours_compiled"] = _train_pass(compile_model(model), batch)
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
-            times[key].append(statistics.median(run() for _ in range(steps)))
-    ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["reference"])
+    times = _interleaved_medians(runs, rounds, steps)
+    ours_s, ref_s = times["ours"], times["reference"]
     out = {"backbone": name, "reference": label, "batch": cfg.train.batch_size, "ours_s": ours_s,
            "reference_s": ref_s, "speedup": ref_s / ours_s, "max_rel_output_difference": diff}
     if compiled:
-        out["ours_compiled_s"] = statistics.median(times["ours_compiled"])
+        out["ours_compiled_s"] = times["ours_compiled"]
         out["speedup_compiled"] = ref_s / out["ours_compiled_s"]
     return out
 
@@ -343,13 +351,8 @@ def bench_egnn_pytorch(rounds: int = 5, steps: int = 3, overrides: Sequence[str]
             h, x = layer(h, x, edges=b.edge_attr)
         return x
     runs = {"ours": _train_pass(built.model, batch), "peer": _train_pass(peer, batch)}
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
-            times[key].append(statistics.median(run() for _ in range(steps)))
-    ours_s, peer_s = statistics.median(times["ours"]), statistics.median(times["peer"])
+    times = _interleaved_medians(runs, rounds, steps)
+    ours_s, peer_s = times["ours"], times["peer"]
     return {"backbone": "egnn", "peer": f"egnn-pytorch, {depth} EGNN layers of width {width}",
             "batch": cfg.train.batch_size, "ours_s": ours_s, "peer_s": peer_s, "speedup": peer_s / ours_s,
             "ours_params": built.model.num_parameters(),

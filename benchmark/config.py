@@ -310,6 +310,10 @@ class TrainConfig:
     dtype: str = param("float32", help="floating-point type of the model and data",
                        choices=("float32", "float64"))
     divergence_threshold: float = param(1e6, help="a train loss above this marks the run diverged", gt=0)
+    divergence_patience: int = param(0, help="0: the first training step whose loss is above divergence_threshold "
+                                     "ends the run as diverged; k > 0: only k consecutive epochs whose mean "
+                                     "loss is above it do (a spike the run recovers from goes on); a non-finite "
+                                     "loss always ends it", ge=0)
     compile: str = param("auto", help="torch.compile the training forward: on, off, or auto (on for runs of "
                          ">= 20000 steps, where the one-off compilation pays for itself)",
                          choices=("auto", "on", "off"))

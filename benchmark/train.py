@@ -25,7 +25,8 @@ Guarantees
   the same command resumes once the fault is fixed.
 * Model selection is per evaluation variant: each variant's best validation epoch is chosen on its
   own, and its test metric is measured on the weights of that epoch.
-* A run whose loss becomes non-finite or exceeds ``train.divergence_threshold`` ends with status
+* A run whose loss becomes non-finite, or exceeds ``train.divergence_threshold`` (at one step, or,
+  with ``train.divergence_patience = k > 0``, as the mean of k consecutive epochs), ends with status
   ``diverged``; an exception ends it with ``failed``; either way a record is written.
 """
 
@@ -169,6 +170,7 @@ class _State:
     step_times: list = field(default_factory=list)
     wall: float = 0.0
     segments: list = field(default_factory=list)       # one per process that trained the run
+    over: int = 0                       # consecutive epochs with a mean loss above the threshold
 
 
 def _open_segment(state: _State, device: torch.device, git_sha: str | None) -> None:
@@ -201,7 +203,7 @@ def _save_checkpoint(path: Path, built: Built, state: _State) -> None:
         "method": built.method.state_dict(),
         "state": {"epoch": state.epoch, "step": state.step, "curves": state.curves, "best": state.best,
                   "best_states": state.best_states, "step_times": state.step_times[-5000:], "wall": state.wall,
-                  "segments": state.segments},
+                  "segments": state.segments, "over": state.over},
         "rng": capture_rng(),
     }
     try:
@@ -229,7 +231,7 @@ def _load_checkpoint(path: Path, built: Built) -> _State | None:
                                            "torch_threads": None, "median_step_seconds": None}] if s["step"] else [])
         return _State(epoch=s["epoch"], step=s["step"], curves=s["curves"], best=s["best"],
                       best_states=s["best_states"], step_times=list(s["step_times"]), wall=s["wall"],
-                      segments=[dict(seg) for seg in segments])
+                      segments=[dict(seg) for seg in segments], over=int(s.get("over", 0)))
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"does not fit this run ({type(exc).__name__}: {str(exc)[:160]})") from None
 
@@ -487,7 +489,7 @@ def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation
         while state.epoch < tc.epochs:
             epoch = state.epoch
             method.before_epoch(EpochContext(model, task, epoch, tc.epochs, tc))
-            losses = []
+            losses, totals = [], []
             augment = _augmentation(task, tc, cfg.seed, epoch)
             for batch in task.batches("train", tc.batch_size, shuffle=True,
                                       generator=_epoch_generator(cfg.seed, epoch), drop_last=tc.drop_last):
@@ -496,14 +498,21 @@ def _loop(built: Built, state: _State, ckpt: Path, progress: bool, on_evaluation
                     batch = augment(batch)
                 ctx, total = step_objective(built, batch, forward, epoch=epoch, step=state.step)
                 value = total.item()
-                if not np.isfinite(value) or value > tc.divergence_threshold:
+                if not np.isfinite(value) or (not tc.divergence_patience and value > tc.divergence_threshold):
                     return "diverged", f"training loss {value} at epoch {epoch}, step {state.step}"
+                totals.append(value)
                 apply_step(built, ctx, total)
                 state.step += 1
                 state.step_times.append(time.perf_counter() - t0)
                 losses.append(ctx.task_loss.item())
             method.after_epoch(EpochContext(model, task, epoch, tc.epochs, tc))
             state.epoch += 1
+            if tc.divergence_patience:
+                mean_total = float(np.mean(totals)) if totals else 0.0
+                state.over = state.over + 1 if mean_total > tc.divergence_threshold else 0
+                if state.over >= tc.divergence_patience:
+                    return "diverged", (f"mean training loss above {tc.divergence_threshold:g} for "
+                                        f"{state.over} consecutive epochs ({mean_total:.6g} at epoch {epoch})")
             train_loss = float(np.mean(losses)) if losses else float("nan")
             if state.epoch % tc.eval_every == 0 or state.epoch == tc.epochs:
                 row = _evaluate(built, state, train_loss)

@@ -138,6 +138,54 @@ def test_divergence_is_recorded(tiny_config, tmp_path):
     validate_record(json.loads(path.read_text()))
 
 
+def _spike(monkeypatch, epochs: set[int]):
+    """Multiply the training objective by 1e9 in the given epochs (a loss spike on cue)."""
+    import benchmark.train as train_mod
+    real = train_mod.step_objective
+
+    def spiking(built, batch, forward, *, epoch, step):
+        ctx, total = real(built, batch, forward, epoch=epoch, step=step)
+        return ctx, total * 1e9 if epoch in epochs else total
+    monkeypatch.setattr(train_mod, "step_objective", spiking)
+
+
+@pytest.mark.parametrize("patience, status", [(0, "diverged"), (2, "diverged"), (3, "completed")])
+def test_divergence_patience_lets_a_run_go_on_through_a_spike(tiny_config, tmp_path, monkeypatch, patience,
+                                                              status):
+    """Two epochs of a loss far above the threshold: patience 0 ends the run at its first step,
+    patience 2 at the end of the second epoch, patience 3 lets it train on to the end."""
+    _spike(monkeypatch, {0, 1})
+    cfg = tiny_config("unconstrained", epochs=4, extra=["train.eval_every=2", "train.divergence_threshold=1e6",
+                                                        f"train.divergence_patience={patience}"])
+    record, _ = train(cfg, results=tmp_path, progress=False)
+    assert record["status"] == status
+    if patience == 0:
+        assert record["reason"].startswith("training loss") and "at epoch 0, step 0" in record["reason"]
+    elif patience == 2:
+        assert "for 2 consecutive epochs" in record["reason"] and "at epoch 1" in record["reason"]
+    else:
+        assert record["timing"]["epochs"] == 4
+
+
+def test_divergence_patience_counts_across_a_resume(tiny_config, tmp_path, monkeypatch):
+    """The count of epochs above the threshold lives in the checkpoint: epochs 1 and 2 spike, the
+    run stops after the evaluation at epoch 2, and the resumed run's spike at epoch 3 is the third."""
+    import benchmark.train as train_mod
+    _spike(monkeypatch, {1, 2, 3})
+    cfg = tiny_config("unconstrained", epochs=6, extra=["train.eval_every=2", "train.divergence_threshold=1e6",
+                                                        "train.divergence_patience=3"])
+
+    def stop(epoch, row):
+        if epoch == 2:
+            raise RunInterrupted()
+    with pytest.raises(RunInterrupted):
+        train(cfg, results=tmp_path, progress=False, on_evaluation=stop)
+    record, _ = train(cfg, results=tmp_path, progress=False)
+    assert record["status"] == "diverged" and "3 consecutive epochs" in record["reason"]
+    assert "at epoch 3" in record["reason"]
+    del train_mod
+
+
 def test_failure_is_recorded(tiny_config, tmp_path, monkeypatch):
     import benchmark.train as train_mod
 

@@ -82,7 +82,6 @@ HASH_ADDITIONS: tuple[HashAddition, ...] = (
     HashAddition("model_cfg", "branch_act", "gelu", where=(("backbone", "segnn"),)),
     HashAddition("model_cfg", "branch_at", "gate-input", where=(("backbone", "segnn"),)),
     HashAddition("model_cfg", "centre_input", True, where=(("backbone", "segnn"),)),
-    HashAddition("model_cfg", "velocity", "input", where=(("backbone", "egno"),)),
     HashAddition("method_cfg", "dual_eps", 1e-8, where=_method("ace-eq")),
     HashAddition("method_cfg", "dual_eps", 1e-8, where=_method("ace-elastic")),
     HashAddition("method_cfg", "penalty_reduction", "mean", where=_method("lie-anneal")),

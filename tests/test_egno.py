@@ -44,11 +44,10 @@ def _layers(model, suffix: str):
 # ---------------------------------------------------------------------------------------------
 # symmetry of the network
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("velocity", ["input", "carried"])
 @pytest.mark.parametrize("how", ["gamma0", "projected"])
 @pytest.mark.parametrize("task", ["nbody", "mocap-run"])
-def test_equivariant_at_gamma_zero(task, how, velocity):
-    built = _built(task, extra=(["task.height=false"] if task == "mocap-run" else []) + [f"model.velocity={velocity}"])
+def test_equivariant_at_gamma_zero(task, how):
+    built = _built(task, extra=["task.height=false"] if task == "mocap-run" else [])
     model, batch = built.model, _batch(built)
     model.eval()
     with torch.no_grad():
@@ -154,41 +153,6 @@ def test_time_embedding_known_values():
     torch.testing.assert_close(e, torch.cat([torch.sin(t * w), torch.cos(t * w)], -1), rtol=0, atol=1e-15)
     with pytest.raises(ValueError, match="even size"):
         time_embedding(5, 7)
-
-
-@pytest.mark.parametrize("layers, same", [(1, True), (2, False)])
-def test_carried_velocity_reaches_the_next_block_only(layers, same):
-    """``velocity=carried`` changes what the next block sees, nothing else: one block gives the
-    same output either way, two blocks do not."""
-    out = {}
-    for velocity in ("input", "carried"):
-        built = _built(method="strict", extra=[f"model.layers={layers}", f"model.velocity={velocity}"])
-        built.model.eval()
-        with torch.no_grad():
-            out[velocity] = built.model(_batch(built))
-    assert torch.allclose(out["input"], out["carried"], rtol=0, atol=1e-10) == same
-
-
-def test_layer_velocity_update_is_the_position_step():
-    """The velocity an EGNN layer passes on is its position step, ``x' = x + v'``."""
-    torch.manual_seed(5)
-
-    class Cfg:
-        coord_clamp = 100.0
-
-    B, N = 2, 4
-    nbr = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, N)]) for i in range(N)])
-    args = (torch.randn(B, N, 8, dtype=torch.float64), torch.randn(B, N, 3, dtype=torch.float64),
-            torch.randn(B, N, 3, dtype=torch.float64), torch.randn(B, N, N - 1, 2, dtype=torch.float64), nbr,
-            None, 1 / (N - 1))
-    for variant in ("egnn", "egno"):
-        layer = EGNNLayer(8, 2, Cfg(), "l", variant=variant, relaxed=False).double()
-        with torch.no_grad():
-            h_new, x_new, v_new = layer.update(*args, return_velocity=True)
-            h_ref, x_ref = layer.update(*args)
-        torch.testing.assert_close(x_new, args[1] + v_new, rtol=0, atol=0)
-        torch.testing.assert_close(x_new, x_ref, rtol=0, atol=1e-12)
-        assert torch.equal(h_new, h_ref)
 
 
 def test_egno_layer_clamp_shortens_long_updates_equivariantly():

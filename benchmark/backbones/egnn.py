@@ -130,11 +130,8 @@ class EGNNLayer(nn.Module):
             branch = cfg.make_branch(rep_in.dim, rep_out.dim)
             self.relax = RelaxedLayer(branch, rep_in, rep_out, name)
 
-    def update(self, h, x, vel, edge_attr, nbr, mask, inv_deg, *, return_velocity: bool = False):
-        """The equivariant update ``(h', x')`` of the module docstring (no relaxation); with
-        ``return_velocity``, ``(h', x', v')`` where ``v' = x' - x`` is the layer's velocity update
-        ``phi_v(h_i) v_i + mean_j (...)`` (equivariant, translation-invariant), which EGNO's
-        released code passes on as the next block's velocity."""
+    def update(self, h, x, vel, edge_attr, nbr, mask, inv_deg):
+        """The equivariant update ``(h', x')`` of the module docstring (no relaxation)."""
         H = self.hidden
         r = x[:, :, None, :] - x[:, nbr]                            # (B, N, K, 3): x_i - x_j
         d = (r * r).sum(-1, keepdim=True)                           # (B, N, K, 1)
@@ -152,26 +149,23 @@ class EGNNLayer(nn.Module):
             trans = trans * mask
         mean = trans.sum(2) * inv_deg
         if self.variant == "egnn":
+            x_new = x + mean + self.vel_mlp(h) * vel
             h_new = h + self.node_mlp(torch.cat([h, m.sum(2)], dim=-1))
         else:
             # by length, not per component: the same rescaling for every orientation (equivariant)
-            mean = mean * (self.clamp / (mean * mean).sum(-1, keepdim=True).clamp_min(self.clamp ** 2).sqrt())
+            shrink = self.clamp / (mean * mean).sum(-1, keepdim=True).clamp_min(self.clamp ** 2).sqrt()
+            x_new = x + mean * shrink + self.vel_mlp(h) * vel
             h_new = self.node_mlp(torch.cat([h, m.sum(2)], dim=-1))
-        if return_velocity:                       # as EGNO's code: v' first, then x' = x + v'
-            v_new = self.vel_mlp(h) * vel + mean
-            return h_new, x + v_new, v_new
-        return h_new, x + mean + self.vel_mlp(h) * vel
+        return h_new, x_new
 
-    def forward(self, h, x, vel, edge_attr, nbr, mask, inv_deg, *, return_velocity: bool = False):
-        """h (B, N, H), x and vel (B, N, 3), edge_attr (B, N, K, E) over neighbour lists nbr (N, K);
-        with ``return_velocity`` also the equivariant velocity update ``v'`` of :meth:`update`."""
+    def forward(self, h, x, vel, edge_attr, nbr, mask, inv_deg):
+        """h (B, N, H), x and vel (B, N, 3), edge_attr (B, N, K, E) over neighbour lists nbr (N, K)."""
         H = self.hidden
-        new = self.update(h, x, vel, edge_attr, nbr, mask, inv_deg, return_velocity=return_velocity)
-        h_new, x_new = new[0], new[1]
-        if self.relax is not None:
-            out = self.relax(torch.cat([h_new, x_new], dim=-1), lambda: torch.cat([h, x, vel], dim=-1))
-            h_new, x_new = out[..., :H], out[..., H:]
-        return (h_new, x_new, new[2]) if return_velocity else (h_new, x_new)
+        h_new, x_new = self.update(h, x, vel, edge_attr, nbr, mask, inv_deg)
+        if self.relax is None:
+            return h_new, x_new
+        out = self.relax(torch.cat([h_new, x_new], dim=-1), lambda: torch.cat([h, x, vel], dim=-1))
+        return out[..., :H], out[..., H:]
 
 
 @BACKBONES.register("egnn", config=EGNNConfig)

@@ -7,8 +7,7 @@ point's graph. Tensors are (B, P, N, C); block ``i``:
 
     h  <- h + LeakyReLU(K_h * h)                         Fourier convolution of the invariant features
     [x - c, v]  <- [x - c, v] + K_x * [x - c, v]          equivariant Fourier convolution (c: centroid)
-    (h', x')  = EGNN layer on every time point's graph   (velocity=input: v is used, not updated;
-                                                          velocity=carried: v <- x' - x, the layer's update)
+    (h', x')  = EGNN layer on every time point's graph   (v is used, not updated)
 
 where ``K * z`` keeps the ``modes`` lowest temporal Fourier modes of ``z`` (along P), multiplies
 each by a learned complex matrix over channels and transforms back (``irfft`` to P points). ``K_x``
@@ -61,12 +60,8 @@ has none; complex weights are initialised ``U[0, 1) / C^2`` (features) and ``0.1
 is the code's (``EGNNLayer(variant="egno")``: no residual on ``h``, the clamp on the mean
 coordinate update, a coordinate head with a bias), except that the clamp shortens an update longer
 than ``coord_clamp`` to that length where the code clips each component (which breaks exact
-equivariance whenever it acts). The velocity: the paper builds its blocks from "any EGNN layer",
-and EGNN's velocity layer reads the input velocity without updating it (``velocity=input``, the
-default); EGNO's released code instead returns the layer's update ``v' = phi_v(h) v + mean_j (x_i -
-x_j) phi_x(m_ij)`` (with ``x' = x + v'``) and feeds it to the next block's temporal convolution and
-layer (``velocity=carried``). Both are exactly E(3)-equivariant. The relaxation follows the ACE
-authors' EGNO code, as described above.
+equivariance whenever it acts). The relaxation follows the ACE authors' EGNO code, as described
+above.
 
 Guarantee: at ``gamma = 0`` (or in ``model.projected()``, or with ``branch=none``) the network is
 exactly E(3)- and permutation-equivariant (tested in float64 to 1e-10): the branches enter only
@@ -111,11 +106,6 @@ class EGNOConfig(BranchConfig):
     modes: int = param(2, help="temporal Fourier modes kept by each convolution", ge=1)
     time_emb_dim: int = param(32, help="size of the sinusoidal time embedding (even)", ge=4)
     coord_clamp: float = param(100.0, help="length to which a longer mean coordinate update is shortened", gt=0)
-    velocity: str = param("input", help="the velocity each block passes on: input (the EGNN layer reads the "
-                          "velocity of the block's temporal convolution and leaves it, as EGNN's velocity layer "
-                          "reads its input velocity) or carried (the layer's update phi_v(h) v + mean message "
-                          "becomes the next block's velocity, as EGNO's released code does)",
-                          choices=("input", "carried"))
     spectral_iterations: int = param(5, help="power iterations of the branches' spectral normalisation", ge=1)
 
     def check(self) -> None:
@@ -341,20 +331,17 @@ class EGNO(HomotopyModel):
         def flat(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(B * P, N, t.shape[-1])
 
-        carried = cfg.velocity == "carried"
         self._scope.active, self._scope.states = True, {0: feats}
         try:
             for i, block in enumerate(self.blocks):
                 h = block.time_h(h)
                 x, v = block.time_x(x, v, centre)
-                layer = block.egnn if block.relax_h is None else block.egnn.update  # relaxes itself, or not
-                new = layer(flat(h), flat(x), flat(v), edge_attr, nbr, mask, inv_deg, return_velocity=carried)
-                h_new, x_new = new[0].reshape(B, P, N, -1), new[1].reshape(B, P, N, 3)
-                if carried:
-                    v = new[2].reshape(B, P, N, 3)
-                if block.relax_h is None:
-                    h, x = h_new, x_new
+                if block.relax_h is None:                      # the EGNN layer relaxes itself (or is strict)
+                    h_new, x_new = block.egnn(flat(h), flat(x), flat(v), edge_attr, nbr, mask, inv_deg)
+                    h, x = h_new.reshape(B, P, N, -1), x_new.reshape(B, P, N, 3)
                     continue
+                h_new, x_new = block.egnn.update(flat(h), flat(x), flat(v), edge_attr, nbr, mask, inv_deg)
+                h_new, x_new = h_new.reshape(B, P, N, -1), x_new.reshape(B, P, N, 3)
                 h = block.relax_h(h_new, lambda i=i: self._stream(i))
                 x = block.relax_x(x_new, x)
         finally:

@@ -58,7 +58,8 @@ activation is a LeakyReLU (slope 0.01) after the spectral product and the coordi
 has none; complex weights are initialised ``U[0, 1) / C^2`` (features) and ``0.1 U[0, 1)``
 (coordinates); the centroid is that of the input positions, fixed for every block; the EGNN layer
 is the code's (``EGNNLayer(variant="egno")``: no residual on ``h``, the clamp on the mean
-coordinate update, a coordinate head with a bias), except that the clamp shortens an update longer
+coordinate update, a coordinate head with a bias, ``x' = x + phi_v(h) v + mean update`` with ``v``
+returned unchanged, so only the temporal convolutions move ``v``), except that the clamp shortens an update longer
 than ``coord_clamp`` to that length where the code clips each component (which breaks exact
 equivariance whenever it acts). The relaxation follows the ACE authors' EGNO code, as described
 above.

@@ -88,8 +88,9 @@ HASH_ADDITIONS: tuple[HashAddition, ...] = (
     HashAddition("train", "drop_last", False),
     HashAddition("train", "augment", "none"),
     # before it, the first step above the threshold ended every run. MoCap's default (5) is left
-    # out of mocap-run's hash too: a run that completed under the old rule never crossed the
-    # threshold, so it is the same run under the new one (the runs it had ended were trained again)
+    # out of mocap-run's hash instead of 0 (so an explicit 0 there hashes apart from it): a run
+    # that completed under the old rule never crossed the threshold, so it is the same run under
+    # the new one (the runs the old rule had ended were trained again)
     *(HashAddition("train", "divergence_patience", 0, where=(("task", t),)) for t in ("nbody", "nbody-field",
                                                                                      "rotmnist")),
     HashAddition("train", "divergence_patience", 5, where=(("task", "mocap-run"),)),

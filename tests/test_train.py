@@ -170,7 +170,6 @@ def test_divergence_patience_lets_a_run_go_on_through_a_spike(tiny_config, tmp_p
 def test_divergence_patience_counts_across_a_resume(tiny_config, tmp_path, monkeypatch):
     """The count of epochs above the threshold lives in the checkpoint: epochs 1 and 2 spike, the
     run stops after the evaluation at epoch 2, and the resumed run's spike at epoch 3 is the third."""
-    import benchmark.train as train_mod
     _spike(monkeypatch, {1, 2, 3})
     cfg = tiny_config("unconstrained", epochs=6, extra=["train.eval_every=2", "train.divergence_threshold=1e6",
                                                         "train.divergence_patience=3"])
@@ -183,7 +182,6 @@ def test_divergence_patience_counts_across_a_resume(tiny_config, tmp_path, monke
     record, _ = train(cfg, results=tmp_path, progress=False)
     assert record["status"] == "diverged" and "3 consecutive epochs" in record["reason"]
     assert "at epoch 3" in record["reason"]
-    del train_mod
 
 
 def test_failure_is_recorded(tiny_config, tmp_path, monkeypatch):

@@ -59,9 +59,9 @@ has none; complex weights are initialised ``U[0, 1) / C^2`` (features) and ``0.1
 (coordinates); the centroid is that of the input positions, fixed for every block; the EGNN layer
 is the code's (``EGNNLayer(variant="egno")``: no residual on ``h``, the clamp on the mean
 coordinate update, a coordinate head with a bias, ``x' = x + phi_v(h) v + mean update`` with ``v``
-returned unchanged, so only the temporal convolutions move ``v``), except that the clamp shortens an update longer
-than ``coord_clamp`` to that length where the code clips each component (which breaks exact
-equivariance whenever it acts). The relaxation follows the ACE authors' EGNO code, as described
+returned unchanged, so only the temporal convolutions move ``v``), except that the clamp shortens
+an update longer than ``coord_clamp`` to that length where the code clips each component (which
+breaks exact equivariance whenever it acts). The relaxation follows the ACE authors' EGNO code, as described
 above.
 
 Guarantee: at ``gamma = 0`` (or in ``model.projected()``, or with ``branch=none``) the network is

@@ -516,7 +516,6 @@ SEGNN_PEER_TARGET = 5.0       # segnn (compiled) against the per-edge e3nn refer
 SUITE_TARGET_HOURS = 5.0      # the paper protocol's wall time on two workers
 MEMORY_TARGET_MB = 2048.0     # peak memory of one worker
 WORKERS_TARGET = 1.7          # two workers against one, on the quick suite
-CEILING_SHARE_TARGET = 0.9    # the workers' ratio over the machine's own ceiling for as many processes
 
 
 def _met(ok: bool | None) -> str:
@@ -633,13 +632,12 @@ def to_markdown(benches: Sequence[BackboneBench], info: dict, extra: dict | None
                       f"of one alone (median of {ceiling['rounds']} alternating rounds), so the workers reach "
                       f"{work['share_of_ceiling']:.0%} of what this machine allows; no scheduling can pass the "
                       "ceiling.", ""]
-        targets.append((f"{work['workers']} workers >= {WORKERS_TARGET}x the throughput of one ({work['suite']})",
-                        f"{work['throughput_ratio']:.2f}x", work["throughput_ratio"] >= WORKERS_TARGET))
+        measured = f"{work['throughput_ratio']:.2f}x"
         if ceiling:
-            targets.append((f"{work['workers']} workers >= {CEILING_SHARE_TARGET:.0%} of the machine's "
-                            f"{work['workers']}-process ceiling",
-                            f"{work['share_of_ceiling']:.0%} of {ceiling['throughput_ratio']:.2f}x",
-                            work["share_of_ceiling"] >= CEILING_SHARE_TARGET))
+            measured += f" (machine ceiling {ceiling['throughput_ratio']:.2f}x)"
+        targets.append((f"{work['workers']} workers >= {WORKERS_TARGET}x the throughput of one ({work['suite']})",
+                        measured, work["throughput_ratio"] >= WORKERS_TARGET))
+
     suites = extra.get("suites")
     if suites:
         lines += ["## Suites: estimated cost here", "",

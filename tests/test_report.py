@@ -290,6 +290,29 @@ def test_results_folder_report_groups_by_suite_and_updates_the_readme(tmp_path, 
     assert "leaderboard:start" in capsys.readouterr().err and bare.read_text() == "# nothing\n"
 
 
+def test_reports_written_with_an_absolute_root_name_no_folder_above_the_working_directory(
+        tmp_path, monkeypatch, capsys):
+    results = tmp_path / "project" / "results"
+    paths = [save(results, r) for r in three_methods()]
+    run_ids = [str(p.relative_to(results / "runs").with_suffix("")) for p in paths]
+    write_json_atomic(results / "suites" / "demo.json",
+                      {"name": "demo", "protocol": "demo protocol", "source": "demo", "reference": "strict",
+                       "headline": {}, "runs": run_ids})
+    readme = results / "README.md"
+    readme.write_text(f"# Results\n\n{README_START}\n{README_END}\n")
+    monkeypatch.chdir(tmp_path / "project")
+    assert main(["report", "--results", str(results), "--readme", str(readme), "--no-figures"]) == 0
+    capsys.readouterr()
+    written = sorted((results / "reports").rglob("*.*")) + [readme]
+    assert len(written) > 3
+    for path in written:
+        assert str(tmp_path) not in path.read_text(), path
+    assert "relaxbench report --results results --readme results/README.md" in readme.read_text()
+    rows = pd.read_csv(results / "reports" / "demo" / "runs.csv")
+    assert sorted(rows.record.unique()) == sorted(f"results/{p.relative_to(results).as_posix()}" for p in paths)
+    assert "`relaxbench suite run demo --results results`" in (results / "reports" / "demo" / "tables.md").read_text()
+
+
 def test_report_of_a_spec_reads_only_its_runs(tmp_path, capsys):
     import yaml
 

@@ -57,8 +57,10 @@ def cmd_report(args) -> int:
         sys.stdout.write(f"## Suite {rep.suite}\n\nProtocol: {info.protocol}.\n\n{rep.markdown}\n")
         print(f"tables and figures: {out / rep.suite}", file=sys.stderr)
     if args.readme:
-        command = f"relaxbench report --results {args.target or args.results} --readme {args.readme}"
         from benchmark.report import ReadmeError
+        from benchmark.report.aggregate import shown_path
+        spec = f"{shown_path(args.target)} " if args.target and not Path(args.target).is_dir() else ""
+        command = f"relaxbench report {spec}--results {shown_path(results)} --readme {shown_path(args.readme)}"
         try:
             update_readme(Path(args.readme), readme_section(reports, command))
         except ReadmeError as exc:

@@ -31,7 +31,7 @@ from benchmark.record import RunId, equivariance_items, is_safe_component, iter_
 from benchmark.report.stats import describe
 from benchmark.suite.published import load_published
 
-__all__ = ["Collection", "SuiteInfo", "collect_suite", "collect_results", "runs_frame", "summarize",
+__all__ = ["Collection", "SuiteInfo", "collect_suite", "collect_results", "runs_frame", "summarize", "shown_path",
            "curves_frame", "diagnostics_frame", "GROUP_KEYS",
            "TABLE_KEYS"]
 
@@ -71,8 +71,20 @@ class Collection:
         return [rec for _, rec, _ in self.items]
 
 
+def shown_path(path: Path | str) -> str:
+    """``path`` as a report shows it: relative to the working directory when it lies under it, so
+    a report written with an absolute results root names no folder of the machine it ran on."""
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            return path.relative_to(Path.cwd()).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
+
+
 def _reproduce(source: str, results: Path | str) -> str:
-    return f"relaxbench suite run {source} --results {results}"
+    return f"relaxbench suite run {shown_path(source)} --results {shown_path(results)}"
 
 
 def collect_suite(spec, results: Path) -> Collection:
@@ -310,7 +322,7 @@ def runs_frame(col: Collection) -> pd.DataFrame:
                 "wall_seconds": _num(timing.get("wall_seconds")), "steps": _num(timing.get("steps")),
                 "config_hash": (rec.get("config") or {}).get("hash"),
                 "preset": ((rec.get("config") or {}).get("resolved") or {}).get("preset"),
-                "record": str(path) if path is not None else None,
+                "record": shown_path(path) if path is not None else None,
                 # under each further group of the task (e.g. rotations about the vertical axis)
                 **{f"equivariance_{k}": _num(v) for k, v in equivariance_items(eq).items() if "." in k},
                 # a task's further test numbers (rotmnist: 6 read as 9, ...), one column each

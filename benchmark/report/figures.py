@@ -154,7 +154,7 @@ def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
             handles.append(mlines.Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
                                          markeredgecolor="0.3"))
             labels.append("one seed (no interval)")
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+        fig.legend(handles, labels, loc="outside right center", fontsize=7)
         paths += _save(fig, out, f"sample_efficiency_{task}_{backbone}")
     return paths
 
@@ -177,7 +177,7 @@ def training_dynamics(curves: pd.DataFrame, out: Path) -> list[Path]:
                 ax.set_yscale("log")
             ax.set_ylabel(label + (" (geometric mean)" if log else ""))
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside right upper", fontsize=7, title="method")
+        fig.legend(handles, labels, loc="outside right center", fontsize=7, title="method")
         fig.suptitle(f"{task} / {backbone}, n = {n}: training dynamics (headline variant, mean ± sd over seeds)")
         paths += _save(fig, out, f"training_dynamics_{task}_{backbone}_n{n}")
     return paths
@@ -279,13 +279,17 @@ def gamma_bar_errors(curves: pd.DataFrame, out: Path) -> list[Path]:
         if merged.empty:
             continue
         methods = sorted(merged.method.unique())
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-        for ax, (col, label) in zip(axes, (("truncation", "truncation error (validation)"),
-                                          ("equivariance", "equivariance error, relaxed (rel)"))):
+        panels = [(col, label) for col, label in (("truncation", "truncation error (validation)"),
+                                                  ("equivariance", "equivariance error, relaxed (rel)"))
+                  if (np.isfinite(merged[col]) & (merged[col] > 0)).any()]
+        if not panels:
+            continue
+        # one panel per error that was measured (a method whose relaxed variant is never evaluated
+        # has no equivariance panel), so the figure has no empty half
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1, 4), constrained_layout=True,
+                                 squeeze=False)
+        for ax, (col, label) in zip(axes[0], panels):
             part = merged[np.isfinite(merged[col]) & (merged[col] > 0)]
-            if part.empty:
-                ax.set_visible(False)
-                continue
             sns.scatterplot(data=part, x="gamma_bar", y=col, hue="method", hue_order=methods, ax=ax, s=18,
                             palette=_palette(methods), legend=False)
             c = float((part[col] / part.gamma_bar).max())
@@ -301,7 +305,7 @@ def gamma_bar_errors(curves: pd.DataFrame, out: Path) -> list[Path]:
             ax.legend(fontsize=7, loc="lower right")
         handles = [plt.Line2D([], [], marker="o", linestyle="", color=color, label=m)
                    for m, color in _palette(methods).items()]
-        fig.legend(handles=handles, loc="outside right upper", fontsize=7, title="method")
+        fig.legend(handles=handles, loc="outside right center", fontsize=7, title="method")
         fig.suptitle(f"{task} / {backbone}: errors against γ̄ (every evaluation of every run)")
         paths += _save(fig, out, f"gamma_bar_errors_{task}_{backbone}")
     return paths

@@ -334,6 +334,11 @@ def test_report_of_a_spec_reads_only_its_runs(tmp_path, capsys):
     assert main(["report", str(spec_path), "--results", str(results), "--no-figures"]) == 0
     out = capsys.readouterr().out
     assert "| strict | projected | 0.500 |" in out and "unconstrained" not in out and "1/2 (1 missing)" in out
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_START}\n{README_END}\n")
+    assert main(["report", str(spec_path), "--results", str(results), "--readme", str(readme), "--no-figures"]) == 0
+    assert f"relaxbench report {spec_path} --results {results} --readme {readme}" in readme.read_text()
+    capsys.readouterr()
     assert main(["report", "no-such-thing", "--results", str(results)]) == 2
     assert "results folder" in capsys.readouterr().err
 

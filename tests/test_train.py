@@ -125,9 +125,25 @@ def test_provenance_lists_each_process_that_trained_the_run(tiny_config, tmp_pat
     legacy, _ = train(cfg, results=legacy_dir, progress=False)
     unknown, known = legacy["provenance"]["segments"]
     assert unknown == {"first_step": 0, "steps": steps // 2, "device": None, "git_sha": None,
-                       "torch_threads": None, "median_step_seconds": None}
+                       "torch_threads": None, "subnormals_flushed": None, "median_step_seconds": None}
     assert known["first_step"] == steps // 2 and known["device"] == "cpu"
     assert _stable(legacy) == _stable(whole)
+
+
+def test_a_run_flushes_subnormals_and_restores_the_mode_after(tiny_config, tmp_path):
+    """Subnormal floats are flushed to zero while a run trains (they make compiled CPU kernels
+    several times slower), the segment says so, and the caller's mode is back afterwards."""
+    from benchmark.train import subnormals_flushed
+    tiny = torch.tensor([torch.finfo(torch.float32).tiny / 4])
+    assert tiny.item() != 0 and not subnormals_flushed()
+    seen = []
+    cfg = tiny_config("strict", epochs=2, extra=["train.eval_every=1"])
+    record, _ = train(cfg, results=tmp_path, progress=False,
+                      on_evaluation=lambda epoch, row: seen.append((tiny * 1.0).item()))
+    assert seen == [0.0, 0.0]
+    (seg,) = record["provenance"]["segments"]
+    assert seg["subnormals_flushed"] is True
+    assert not subnormals_flushed() and (tiny * 1.0).item() == tiny.item()
 
 
 def test_divergence_is_recorded(tiny_config, tmp_path):

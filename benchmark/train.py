@@ -30,10 +30,10 @@ Guarantees
   ``diverged``; an exception ends it with ``failed``; either way a record is written.
 * Subnormal floats are flushed to zero while a run trains on a CPU (:func:`flushed_subnormals`;
   each provenance segment says whether they were): the values below ``finfo.tiny`` (1.2e-38 in
-  float32) that long runs accumulate in optimiser moments and gates otherwise make compiled CPU
-  kernels several times slower (a SEGNN ACE step at epoch 615 of the paper protocol: 278 ms
-  against 58 ms). Like the thread count, this touches only the last bits of a run's numbers and is
-  not part of its configuration.
+  float32) that appear in a trained network's arithmetic otherwise make compiled CPU kernels
+  several times slower (a compiled SEGNN ACE step after 685 epochs of the paper protocol:
+  260 ms against 61 ms, ``benchmarks/subnormal_step_time.py``). Like the thread count, this
+  touches only the last bits of a run's numbers and is not part of its configuration.
 """
 
 from __future__ import annotations

@@ -191,7 +191,11 @@ def subnormals_flushed() -> bool:
 @contextmanager
 def flushed_subnormals():
     """CPU arithmetic with subnormal floats flushed to zero inside the block, the previous mode
-    restored after it; yields whether the CPU supports flushing."""
+    restored after it; yields whether the CPU supports flushing.
+
+    The mode is the calling thread's (and, on Linux, that of threads it starts inside the block);
+    worker threads torch started before keep theirs, so with several torch threads some kernels
+    may still meet subnormals. The suites' runs use one thread per worker."""
     before = subnormals_flushed()
     supported = torch.set_flush_denormal(True)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -157,6 +158,8 @@ def test_published_numbers_of_the_paper_suite():
     row = pub.lookup("nbody", "segnn", "ace-eq", 3000, "projected")
     assert row.mean == pytest.approx(3.8e-3) and row.sd == pytest.approx(0.17e-3) and row.source in pub.sources
     assert pub.lookup("nbody", "segnn", "ace-eq", 3000, "relaxed") is None       # the paper's is the projected
+    assert (row.n, row.sd_ddof) == (3, 0)                                       # numpy's std over 3 seeds
+    assert row.sd_sample == pytest.approx(0.17e-3 * (3 / 2) ** 0.5)
     assert load_published("quick") is None
 
 
@@ -167,6 +170,9 @@ def test_published_numbers_of_the_paper_suite():
     ({"sources": {"a": "x"}, "rows": [{"task": "t", "backbone": "b", "method": "m", "train_size": 1,
                                       "mean": 1.0, "source": "b"}]}, "not among sources"),
     ({"rows": []}, "expected a mapping"),
+    ({"sources": {"a": "x"}, "sd_ddof": 2, "rows": []}, "expected 0 or 1"),
+    ({"sources": {"a": "x"}, "rows": [{"task": "t", "backbone": "b", "method": "m", "train_size": 1,
+                                      "mean": 1.0, "source": "a", "n": 2.5}]}, "whole number"),
 ])
 def test_a_bad_published_file_is_one_line(doc, needle):
     with pytest.raises(PublishedError) as info:
@@ -175,15 +181,21 @@ def test_a_bad_published_file_is_one_line(doc, needle):
 
 
 def test_tables_show_the_paper_column_and_whether_it_lies_in_the_interval():
+    from scipy import stats
+
     from benchmark.report.aggregate import SuiteInfo
     from benchmark.report.tables import build_tables, to_markdown
+    # the published ace-eq number is the summary of known seeds: mean 1.0, population sd (ddof 0), n = 3
+    published_seeds = np.array([0.9, 1.0, 1.1])
     pub = parse_published({"sources": {"p": "A paper"}, "scale": 1e-3,
                            "rows": [{"task": "t", "backbone": "b", "method": "strict", "train_size": 10,
                                      "mean": 5.0, "sd": 0.5, "source": "p"},
                                     {"task": "t", "backbone": "b", "method": "ace-eq", "train_size": 10,
-                                     "mean": 1.0, "sd": 0.1, "source": "p"}]}, "s")
+                                     "mean": float(published_seeds.mean()), "sd": float(published_seeds.std()),
+                                     "n": 3, "sd_ddof": 0, "source": "p"}]}, "s")
+    measured = {"strict": [5.1e-3, 4.9e-3, 5.3e-3], "ace-eq": [1.4e-3, 1.2e-3, 1.3e-3]}
     runs = []
-    for method, values in (("strict", [5.1e-3, 4.9e-3, 5.3e-3]), ("ace-eq", [4.0e-3, 4.2e-3, 4.1e-3])):
+    for method, values in measured.items():
         for seed, v in enumerate(values):
             runs.append({"suite": "s", "task": "t", "backbone": "b", "method": method, "train_size": 10,
                          "variant": "projected", "seed": seed, "status": "completed", "headline": True,
@@ -196,9 +208,15 @@ def test_tables_show_the_paper_column_and_whether_it_lies_in_the_interval():
     info = SuiteInfo("s", "proto", None, "strict", {}, {}, pub)
     table = build_tables(summarize(runs), runs, {"s": info})[0]
     text = to_markdown(table)
-    assert "| paper | paper in 95% CI |" in text
+    assert "| paper | paper in 95% CI | p vs paper |" in text
     rows = {r[0]: r for r in table.rows}
     assert rows["strict"][3].startswith("0.00500 ± 0.00050 [p]") and rows["strict"][4] == "yes"
+    assert rows["strict"][5] == "—"                                  # no seed count nor ddof: no test
     assert rows["ace-eq"][4] == "no"
     assert "Preset: ace" in text and "[p] A paper" in text
-    assert table.frame.set_index("method").loc["ace-eq", "paper_in_ci95"] == False  # noqa: E712
+    frame = table.frame.set_index("method")
+    assert frame.loc["ace-eq", "paper_in_ci95"] == False  # noqa: E712
+    # the test from the published summary equals Welch's test on the seeds behind it
+    expected = stats.ttest_ind(measured["ace-eq"], published_seeds * 1e-3, equal_var=False).pvalue
+    assert frame.loc["ace-eq", "paper_p_welch"] == pytest.approx(expected, rel=1e-9)
+    assert rows["ace-eq"][5] == f"{expected:#.2g}"

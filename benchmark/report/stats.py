@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats as _st
 
-__all__ = ["describe", "welch", "paired", "holm", "compare", "TESTS"]
+__all__ = ["describe", "welch", "welch_from_stats", "paired", "holm", "compare", "TESTS"]
 
 TESTS = ("welch", "paired")
 
@@ -44,6 +44,24 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     if a.size < 2 or b.size < 2:
         return math.nan, math.nan
     res = _st.ttest_ind(a, b, equal_var=False)
+    return float(res.statistic), float(res.pvalue)
+
+
+def welch_from_stats(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b: int
+                     ) -> tuple[float, float]:
+    """Welch's t statistic and two-sided p-value from two groups' means, sample (ddof 1) sds and sizes.
+
+    For a measured group against a published one, where only the summary statistics are known.
+    NaN when a group has fewer than 2 members, or a non-finite sd, or both sds are 0.
+
+    >>> t, p = welch_from_stats(2.0, 1.0, 3, 2.0, 1.0, 3)
+    >>> t, p
+    (0.0, 1.0)
+    """
+    values = (mean_a, sd_a, mean_b, sd_b)
+    if n_a < 2 or n_b < 2 or not all(math.isfinite(v) for v in values) or (sd_a == 0 and sd_b == 0):
+        return math.nan, math.nan
+    res = _st.ttest_ind_from_stats(mean_a, sd_a, n_a, mean_b, sd_b, n_b, equal_var=False)
     return float(res.statistic), float(res.pvalue)
 
 

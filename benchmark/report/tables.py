@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from benchmark.report.stats import compare
+from benchmark.report.stats import compare, welch_from_stats
 
 __all__ = ["Table", "build_tables", "to_markdown", "to_latex", "to_csv_frame", "fmt", "fmt_pm", "MARKS"]
 
@@ -110,16 +110,25 @@ def build_tables(summary: pd.DataFrame, runs: pd.DataFrame, suites: dict, *, tes
 
 
 def _published_cells(row, published, scale: float) -> tuple[list[str], dict]:
-    """The ``paper`` and ``in 95% CI`` cells of a table row, and what the table's CSV keeps of them."""
+    """The ``paper``, ``in 95% CI`` and ``p vs paper`` cells of a table row, and what its CSV keeps of them.
+
+    ``p vs paper`` is Welch's t-test of the measured seeds against the published mean, its sd (as a
+    sample sd) and its seed count; it is left out (—) where the paper gives no sd, no seed count or
+    not which sd it reports.
+    """
     pub = published.lookup(row.task, row.backbone, row.method.split(" [")[0], row.train_size, row.variant) \
         if published is not None else None
     if pub is None:
-        return ["—", "—"], {}
+        return ["—", "—", "—"], {}
     text = fmt_pm(pub.mean / scale, (pub.sd if pub.sd is not None else math.nan) / scale) + f" [{pub.source}]"
     lo, hi = getattr(row, "ci95_low", math.nan), getattr(row, "ci95_high", math.nan)
     inside = None if not (math.isfinite(lo) and math.isfinite(hi)) else bool(lo <= pub.mean <= hi)
-    return [text, "—" if inside is None else ("yes" if inside else "no")], \
-        {"paper_mean": pub.mean, "paper_sd": pub.sd, "paper_source": pub.source, "paper_in_ci95": inside}
+    sd_pub = pub.sd_sample
+    _, p = (math.nan, math.nan) if sd_pub is None else \
+        welch_from_stats(float(row.mean), float(row.std), int(row.n), pub.mean, sd_pub, int(pub.n))
+    return [text, "—" if inside is None else ("yes" if inside else "no"), fmt(p, 2) if math.isfinite(p) else "—"], \
+        {"paper_mean": pub.mean, "paper_sd": pub.sd, "paper_sd_ddof": pub.sd_ddof, "paper_n": pub.n,
+         "paper_source": pub.source, "paper_in_ci95": inside, "paper_p_welch": p if math.isfinite(p) else None}
 
 
 def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bool, test: str, alpha: float,
@@ -128,7 +137,7 @@ def _render(key, shown: pd.DataFrame, verdicts: dict, info, ref: str, higher: bo
     scale = float(first.metric_scale or 1.0)
     metric = f"{first.metric or 'metric'}{_scale_label(scale)} {'↑' if higher else '↓'}"
     published = getattr(info, "published", None)
-    paper = ["paper", "paper in 95% CI"] if published is not None else []
+    paper = ["paper", "paper in 95% CI", "p vs paper"] if published is not None else []
     # a task's further test numbers, where its records carry them (mean ± sd over the same seeds)
     further = [c[:-len("_mean")] for c in shown.columns if c.startswith("breakdown_") and c.endswith("_mean")
                and np.isfinite(shown[c].to_numpy(dtype=float)).any()]
@@ -208,7 +217,9 @@ def _footer(shown: pd.DataFrame, verdicts: dict, info, ref: str, test: str, alph
     if published is not None:
         cited = ", ".join(f"[{k}] {v}" for k, v in published.sources.items())
         lines.append(f"Paper: the published mean ± sd ({cited}); 'paper in 95% CI': whether the published mean "
-                     "lies in the Student-t 95% interval of the measured mean.")
+                     "lies in the Student-t 95% interval of the measured mean; 'p vs paper': Welch's t-test of the "
+                     "measured seeds against the published mean, sd (as a sample sd) and seed count, not corrected "
+                     "for multiple comparisons (— where the paper gives no sd or seed count).")
     if info.reproduce:
         lines.append(f"Reproduce: `{info.reproduce}`")
     return lines

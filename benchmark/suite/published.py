@@ -9,8 +9,12 @@ A suite that reproduces a paper ships ``benchmark/suite/published/<suite>.yaml``
       - {task: nbody, backbone: segnn, method: ace-eq, train_size: 3000,
          mean: 3.8e-3, sd: 0.17e-3, source: ace, note: "SEGNN + ACE"}
 
-A row may name a ``variant`` (default: the method's headline in the suite). The file is read with
-YAML's safe loader and checked: every error is one line naming the file and the row.
+A row may name a ``variant`` (default: the method's headline in the suite), ``n`` (the seeds behind
+the number) and ``sd_ddof`` (0 where the paper reports the population sd, as ``numpy.std`` does; 1 for
+the sample sd); a file-level ``sd_ddof`` is the default of its rows. Where a row has its sd, ``n`` and
+``sd_ddof``, tables also test the measured seeds against it (Welch's t-test from the published summary
+statistics). The file is read with YAML's safe loader and checked: every error is one line naming the
+file and the row.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from benchmark.config import ConfigError
 
 __all__ = ["Published", "PublishedRow", "load_published", "PublishedError"]
 
-ROW_KEYS = ("task", "backbone", "method", "train_size", "mean", "sd", "source", "variant", "note", "n")
+ROW_KEYS = ("task", "backbone", "method", "train_size", "mean", "sd", "source", "variant", "note", "n", "sd_ddof")
 
 
 class PublishedError(ConfigError):
@@ -45,6 +49,14 @@ class PublishedRow:
     variant: str | None = None
     note: str = ""
     n: int | None = None   # seeds behind the published number, where the paper says
+    sd_ddof: int | None = None  # 0: population sd (numpy's default), 1: sample sd; None: not stated
+
+    @property
+    def sd_sample(self) -> float | None:
+        """The published sd as a sample (ddof 1) sd, where the sd, its ddof and the seed count are known."""
+        if self.sd is None or self.n is None or self.n < 2 or self.sd_ddof is None:
+            return None
+        return self.sd * math.sqrt(self.n / (self.n - 1)) if self.sd_ddof == 0 else self.sd
 
 
 @dataclass(frozen=True)
@@ -68,12 +80,23 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+def _whole(value: Any, where: str, allowed: tuple[int, ...] | None = None, least: int = 0) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least \
+            or (allowed is not None and value not in allowed):
+        wanted = " or ".join(map(str, allowed)) if allowed else f"a whole number >= {least}"
+        raise PublishedError(f"{where}: expected {wanted}, got {value!r}")
+    return value
+
+
 def parse_published(data: Any, suite: str, where: str = "<published>") -> Published:
     """Validate a loaded document (see the module docstring)."""
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or not isinstance(data.get("sources"), dict):
         raise PublishedError(f"{where}: expected a mapping with 'sources' (key: citation) and 'rows' (a list)")
     sources = {str(k): str(v) for k, v in data["sources"].items()}
     scale = _number(data.get("scale", 1.0), f"{where}: scale")
+    default_ddof = _whole(data.get("sd_ddof"), f"{where}: sd_ddof", (0, 1))
     rows = []
     for i, raw in enumerate(data["rows"]):
         at = f"{where}: rows[{i}]"
@@ -91,7 +114,9 @@ def parse_published(data: Any, suite: str, where: str = "<published>") -> Publis
         rows.append(PublishedRow(str(raw["task"]), str(raw["backbone"]), str(raw["method"]), int(raw["train_size"]),
                                  _number(raw["mean"], f"{at}: mean") * scale,
                                  None if sd is None else _number(sd, f"{at}: sd") * scale,
-                                 str(raw["source"]), raw.get("variant"), str(raw.get("note", "")), raw.get("n")))
+                                 str(raw["source"]), raw.get("variant"), str(raw.get("note", "")),
+                                 _whole(raw.get("n"), f"{at}: n", least=1),
+                                 _whole(raw.get("sd_ddof", default_ddof), f"{at}: sd_ddof", (0, 1))))
     return Published(suite, sources, tuple(rows))
 
 

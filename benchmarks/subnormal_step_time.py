@@ -3,8 +3,9 @@ them flushed to zero (what ``relaxbench`` runs do since they flush, :func:`bench
 
 As a network trains, subnormal values (below ``finfo.tiny``, 1.2e-38 in float32) appear in its
 step's arithmetic, in intermediate values even when the saved state holds none; on a CPU,
-arithmetic on them is many times slower, and a compiled model's kernels meet them at every step. Each mode runs in a fresh process that loads the checkpoint (so neither mode sees the
-other's flushed state), compiles the model as a run does, warms up on 3 batches and times the next
+arithmetic on them is many times slower, and a compiled model's kernels meet them at every step.
+Each mode runs in a fresh process that loads the checkpoint (so neither mode sees the other's
+flushed state), compiles the model as a run does, warms up on 3 batches and times the next
 ones; the modes alternate for ``--rounds`` rounds and the script prints the medians, their ratio
 and how many subnormal values the checkpoint's model and optimiser hold.
 

@@ -219,7 +219,8 @@ def _footer(shown: pd.DataFrame, verdicts: dict, info, ref: str, test: str, alph
         lines.append(f"Paper: the published mean ± sd ({cited}); 'paper in 95% CI': whether the published mean "
                      "lies in the Student-t 95% interval of the measured mean; 'p vs paper': Welch's t-test of the "
                      "measured seeds against the published mean, sd (as a sample sd) and seed count, not corrected "
-                     "for multiple comparisons (— where the paper gives no sd or seed count).")
+                     "for multiple comparisons (— where the paper gives no sd or seed count, or does not say "
+                     "which sd).")
     if info.reproduce:
         lines.append(f"Reproduce: `{info.reproduce}`")
     return lines

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,27 @@ def test_tables_render_markdown_latex_and_csv():
     csv = rep.tables[0].frame
     assert {"mean", "std", "n", "ci95_low", "p_holm", "verdict", "params"} <= set(csv.columns)
     assert csv.set_index("method").loc["ace-elastic", "verdict"] == "win"
+
+
+def test_csv_of_several_tables_keeps_dtypes_and_column_order_when_one_has_an_all_missing_column():
+    from benchmark.report.tables import Table, to_csv_frame
+
+    def table(frame):
+        return Table("t", {}, [], [], [], [], [], [], frame)
+
+    # a table whose rows have no Welch p against a paper: an all-None (object) column
+    without = pd.DataFrame({"method": ["strict"], "mean": [1.0], "paper_p_welch": [None]})
+    with_paper = pd.DataFrame({"method": ["ace-eq"], "paper_p_welch": [0.016], "mean": [2.0],
+                               "paper_n": [3]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # pandas' all-NA concatenation warning
+        both = to_csv_frame([table(without), table(pd.DataFrame()), table(with_paper)])
+    assert list(both.columns) == ["method", "mean", "paper_p_welch", "paper_n"]
+    assert both["mean"].tolist() == [1.0, 2.0] and both["mean"].dtype == np.float64
+    assert both["paper_p_welch"].dtype == np.float64
+    assert math.isnan(both.loc[0, "paper_p_welch"]) and both.loc[1, "paper_p_welch"] == 0.016
+    assert pd.isna(both.loc[0, "paper_n"]) and both.loc[1, "paper_n"] == 3
+    assert to_csv_frame([table(pd.DataFrame())]).empty
 
 
 def test_a_tasks_further_test_numbers_become_columns_with_their_mean_and_sd():

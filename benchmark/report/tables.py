@@ -285,6 +285,15 @@ def to_latex(table: Table) -> str:
 
 
 def to_csv_frame(tables: list[Table]) -> pd.DataFrame:
+    """Every table's rows in one frame, with the union of their columns in first-seen order.
+
+    A column that is all missing in one table (the paper columns of a suite without published
+    numbers) is left out of that table's part before the concatenation and comes back as missing
+    values after it, so a column's dtype comes from the tables that have values in it."""
     frames = [t.frame for t in tables if not t.frame.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return pd.DataFrame()
+    columns = list(dict.fromkeys(c for f in frames for c in f.columns))
+    parts = [f.dropna(axis=1, how="all") for f in frames]
+    return pd.concat(parts, ignore_index=True).reindex(columns=columns)
 

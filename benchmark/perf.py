@@ -104,6 +104,7 @@ class BackboneBench:
     worker_rss_mb: float | None = None   # one run's worker, its heaviest method (worker_method)
     worker_method: str | None = None
     methods: list[MethodTiming] = field(default_factory=list)
+    subnormals_flushed: bool | None = None   # None: a bench written before the mode was recorded
 
 
 def default_task(backbone: str) -> str:
@@ -175,7 +176,22 @@ def bench_backbone(backbone: str, methods: Sequence[str], *, task: str | None = 
                    compiled: bool = False, train_size: int | None = None,
                    progress: Callable[[str], None] | None = None) -> BackboneBench:
     """Time every method of ``methods`` (``strict`` is always included, as the reference) on
-    ``backbone`` at its task's standard batch; see the module docstring."""
+    ``backbone`` at its task's standard batch; see the module docstring. Subnormal floats are
+    flushed to zero throughout, as a run's training does (:func:`benchmark.train.flushed_subnormals`):
+    a model whose weights decay towards zero can be several times slower per step without it, so a
+    bench in the other mode would time a step no run takes."""
+    from benchmark.train import flushed_subnormals
+    with flushed_subnormals() as flushed:
+        out = _bench_backbone(backbone, methods, task=task, rounds=rounds, steps_per_round=steps_per_round,
+                              eval_repeats=eval_repeats, overrides=overrides, compiled=compiled,
+                              train_size=train_size, progress=progress)
+    out.subnormals_flushed = flushed
+    return out
+
+
+def _bench_backbone(backbone: str, methods: Sequence[str], *, task: str | None, rounds: int,
+                    steps_per_round: int, eval_repeats: int, overrides: Sequence[str], compiled: bool,
+                    train_size: int | None, progress: Callable[[str], None] | None) -> BackboneBench:
     task = task or default_task(backbone)
     methods = ["strict"] + [m for m in methods if m != "strict"]
     built = {}
@@ -545,7 +561,10 @@ def to_markdown(benches: Sequence[BackboneBench], info: dict, extra: dict | None
             f"of this process's {b.matmul_flops_per_second / 1e9:.1f} GFLOP/s matmul)"
         worker = "" if b.worker_rss_mb is None else \
             f"; peak memory of one run's worker ({b.worker_method}: build, train, evaluate) {b.worker_rss_mb:.0f} MB"
-        lines += [f"Strict: {b.params_strict:,} parameters; {achieved}{worker}.", "",
+        flush = {True: "; subnormal floats flushed to zero, as in training",
+                 False: "; subnormal floats not flushed (this CPU cannot), as in training here",
+                 None: ""}[b.subnormals_flushed]
+        lines += [f"Strict: {b.params_strict:,} parameters; {achieved}{worker}{flush}.", "",
                   "| method | step (ms) | overhead vs strict | one evaluation (s) | evaluation / epoch | "
                   "evaluations' share of a run |",
                   "|:---|---:|---:|---:|---:|---:|"]

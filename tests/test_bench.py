@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from benchmark.cli import main
 from benchmark.cli.bench import suite_estimates
@@ -26,6 +27,34 @@ def test_bench_times_every_method_against_strict_and_writes_its_tables():
     assert bench.strict_flops_per_step > 0 and bench.matmul_flops_per_second > 0
     text = to_markdown([bench], machine())
     assert "| lie-anneal |" in text and "overhead vs strict" in text and "GFLOP/s" in text
+
+
+def test_bench_times_steps_with_subnormals_flushed_as_training_does_and_restores_the_mode(monkeypatch):
+    import benchmark.perf as perf
+    from benchmark.train import subnormals_flushed
+    seen = []
+    original = perf._stepper
+
+    def watched(built, forward):
+        step = original(built, forward)
+
+        def timed():
+            seen.append(subnormals_flushed())            # the mode while a step is timed
+            return step()
+        return timed
+
+    monkeypatch.setattr(perf, "_stepper", watched)
+    before = subnormals_flushed()
+    bench = bench_backbone("egnn", ["ace-eq"], task="nbody", rounds=1, steps_per_round=2, eval_repeats=0,
+                           overrides=tiny_overrides("nbody", "egnn"), train_size=48)
+    supported = torch.set_flush_denormal(before)         # whether this CPU can flush at all
+    assert bench.subnormals_flushed is supported and subnormals_flushed() is before
+    assert len(seen) >= 2 * 3 and set(seen) == {supported}  # warm-up and timed steps of both methods, and the FLOP count
+    text = to_markdown([bench], machine())
+    assert ("subnormal floats flushed to zero, as in training" in text) is supported
+    old = __import__("dataclasses").asdict(bench)
+    del old["subnormals_flushed"]                         # a bench JSON from before the mode was recorded
+    assert from_json(old).subnormals_flushed is None and "subnormal" not in to_markdown([from_json(old)], machine())
 
 
 def test_bench_command_refuses_an_unknown_backbone_in_one_line(tmp_path, capsys):

@@ -223,6 +223,9 @@ def test_csv_of_several_tables_keeps_dtypes_and_column_order_when_one_has_an_all
     assert both["paper_p_welch"].dtype == np.float64
     assert math.isnan(both.loc[0, "paper_p_welch"]) and both.loc[1, "paper_p_welch"] == 0.016
     assert pd.isna(both.loc[0, "paper_n"]) and both.loc[1, "paper_n"] == 3
+    assert both.to_csv(index=False).splitlines()[1:] == ["strict,1.0,,", "ace-eq,2.0,0.016,3"]   # a count stays 3
+    flags = to_csv_frame([table(pd.DataFrame({"in": [None]})), table(pd.DataFrame({"in": [True, False]}))])
+    assert flags["in"].dtype == "boolean" and flags.to_csv(index=False).split() == ["in", '""', "True", "False"]
     assert to_csv_frame([table(pd.DataFrame())]).empty
 
 
@@ -281,6 +284,27 @@ def test_report_files_and_figures(tmp_path):
     assert (folder / "figures" / "sample_efficiency_nbody_egnn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / "figures" / "gamma_bar_errors_nbody_egnn.pdf").read_bytes()[:5] == b"%PDF-"
     assert set(rep.files) >= {folder / "figures" / f"{s}.png" for s in stems}
+
+
+def test_sample_efficiency_axis_of_a_nonnegative_metric_ends_at_zero_under_a_wide_interval(tmp_path, monkeypatch):
+    import benchmark.report.figures as figures
+    limits = {}
+
+    def keep(fig, out, stem):
+        limits[stem] = fig.axes[0].get_ylim(), fig.axes[0].get_yscale()
+        __import__("matplotlib.pyplot").pyplot.close(fig)
+        return []
+
+    monkeypatch.setattr(figures, "_save", keep)
+    rows = [dict(suite="s", task="t", backbone="b", method="m", status="completed", headline=True,
+                 metric="mse", higher_is_better=False, train_size=n, test_metric=v)
+            for n, v in [(1000, 1.0), (1000, 1.1), (2000, 0.9), (2000, 0.3)]]  # n=2: t(1) makes a wide band
+    figures.sample_efficiency(pd.DataFrame(rows), tmp_path)
+    (low, high), scale = limits["sample_efficiency_t_b"]
+    assert scale == "linear" and low == 0 and high > 1.1
+    rows = [dict(r, test_metric=r["test_metric"] - 2) for r in rows]               # a metric that can be negative
+    figures.sample_efficiency(pd.DataFrame(rows), tmp_path)
+    assert limits["sample_efficiency_t_b"][0][0] < -2
 
 
 def test_results_folder_report_groups_by_suite_and_updates_the_readme(tmp_path, capsys):

@@ -289,11 +289,20 @@ def to_csv_frame(tables: list[Table]) -> pd.DataFrame:
 
     A column that is all missing in one table (the paper columns of a suite without published
     numbers) is left out of that table's part before the concatenation and comes back as missing
-    values after it, so a column's dtype comes from the tables that have values in it."""
+    values after it, so a column's dtype comes from the tables that have values in it; a column of
+    integers or booleans with missing values is nullable (``Int64``, ``boolean``), so a seed count is
+    still written ``3``, not ``3.0``."""
     frames = [t.frame for t in tables if not t.frame.empty]
     if not frames:
         return pd.DataFrame()
     columns = list(dict.fromkeys(c for f in frames for c in f.columns))
     parts = [f.dropna(axis=1, how="all") for f in frames]
-    return pd.concat(parts, ignore_index=True).reindex(columns=columns)
+    out = pd.concat(parts, ignore_index=True).reindex(columns=columns)
+    for column in columns:
+        kinds = {part[column].dtype.kind for part in parts if column in part.columns}
+        if out[column].isna().any() and kinds in ({"i"}, {"u"}, {"i", "u"}):
+            out[column] = out[column].astype("Int64")
+        elif out[column].isna().any() and kinds == {"b"}:
+            out[column] = out[column].astype("boolean")
+    return out
 

@@ -107,8 +107,9 @@ def _positive_spread(values) -> float:
 def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
     """Mean test metric per training size with its 95% interval; sizes with a single seed have no
     interval and are drawn as open markers. Log-log axes when the sizes span a decade (the curve of
-    a power law is a line) and the metric is positive. On a linear axis a nonnegative metric's axis
-    starts at 0, so a wide interval (two seeds) ends there rather than at a negative error."""
+    a power law is a line) and the metric is positive. On a linear axis whose measured values are all
+    nonnegative (an error, an accuracy) the axis starts at 0, so a wide interval (two seeds) ends
+    there rather than at a negative error; the sign is read from the values, no metric declares it."""
     plt, _ = _plt()
     paths = []
     done = runs[(runs.status == "completed") & runs.headline]
@@ -147,7 +148,7 @@ def sample_efficiency(runs: pd.DataFrame, out: Path) -> list[Path]:
         if log_y:
             ax.set_yscale("log")
         elif (grp.test_metric.dropna() >= 0).all() and ax.get_ylim()[0] < 0:
-            ax.set_ylim(bottom=0)                           # a metric that cannot be negative: its axis ends at 0
+            ax.set_ylim(bottom=0)                           # every measured value is >= 0: the axis ends at 0
         ax.set_xlabel("training samples")
         ax.set_ylabel(f"test {metric} ({'higher' if grp.higher_is_better.iloc[0] else 'lower'} is better)")
         ax.set_title(f"{task} / {backbone}: sample efficiency (mean, 95% CI)")
